@@ -1,0 +1,187 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pydicom
+
+from malignet_bundle.data.annotations import to_labelme, write_json_atomic
+
+from .conftest import ROOT
+
+
+def _digest(folder) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_check_reports_every_problem_in_one_pass_and_touches_nothing(synthetic_dataset, tmp_path):
+    ds_dir = tmp_path / "broken"
+    shutil.copytree(synthetic_dataset, ds_dir)
+    datalist = json.loads((ds_dir / "datalist.json").read_text())
+    labeled = datalist["labeled"]  # 4 studies × 2 views: SYN00001..SYN00004
+
+    # 1. missing image file
+    labeled[0]["image"] = "studies/DOES_NOT_EXIST.dcm"
+    # 2. unreadable DICOM
+    (ds_dir / "studies" / "garbage.dcm").write_bytes(b"\x00garbage" * 50)
+    labeled[1]["image"] = "studies/garbage.dcm"
+    # 3. non-NM DICOM
+    ct = pydicom.dcmread(ds_dir / "studies" / "SYN00002.dcm")
+    ct.Modality = "CT"
+    ct.save_as(ds_dir / "studies" / "ct.dcm")
+    labeled[2]["image"] = "studies/ct.dcm"
+    # 4. annotation size mismatch; 5. unknown class name; 6. empty mask (all in COCO files)
+    coco = json.loads((ds_dir / "labels" / "SYN00003.json").read_text())
+    coco["images"][0]["height"] = 512
+    (ds_dir / "labels" / "SYN00003.json").write_text(json.dumps(coco))
+    coco = json.loads((ds_dir / "labels" / "SYN00004.json").read_text())
+    coco["categories"][0]["name"] = "tumour of unknown kind"
+    coco["annotations"].append(
+        {
+            "id": 999,
+            "image_id": 2,
+            "category_id": 2,
+            "iscrowd": 0,
+            "segmentation": [[300.0, 10.0, 301.0, 10.0, 301.0, 11.0]],
+        }
+    )
+    (ds_dir / "labels" / "SYN00004.json").write_text(json.dumps(coco))
+    empty_coco = json.loads((ds_dir / "labels" / "SYN00005.json").read_text())
+    # 7. polygon outside the image, in a LabelMe file for a validation view
+    mask = np.zeros((1, 1024, 256), bool)
+    mask[0, 100:110, 100:110] = True
+    doc = to_labelme("x.dcm", (1024, 256), mask, ["malignant"])
+    doc["shapes"][0]["points"].append([400.0, 105.0])
+    write_json_atomic(doc, ds_dir / "labels" / "outside.json")
+    datalist["validation"][0]["label"] = "labels/outside.json"
+    # empty mask: an RLE of zeros in the test study's file
+    empty_coco["annotations"].append(
+        {
+            "id": 998,
+            "image_id": 1,
+            "category_id": 1,
+            "iscrowd": 0,
+            "segmentation": {"size": [1024, 256], "counts": [1024 * 256]},
+        }
+    )
+    (ds_dir / "labels" / "SYN00006.json").write_text(json.dumps(empty_coco))
+    test_item = datalist["test"][0]
+    test_item["label"] = "labels/SYN00006.json"
+    test_item["image"] = "studies/SYN00005.dcm"
+    # 8. the same patient in two splits
+    datalist["unlabeled"][0]["patient_id"] = labeled[6]["patient_id"]
+    (ds_dir / "datalist.json").write_text(json.dumps(datalist))
+
+    before = _digest(ds_dir)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "check_data.py"),
+            "--datalist",
+            str(ds_dir / "datalist.json"),
+            "--dataset_dir",
+            str(ds_dir),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    expected = [
+        ("DOES_NOT_EXIST.dcm", "file not found"),
+        ("garbage.dcm", "not a readable DICOM"),
+        ("ct.dcm", "modality is CT, expected NM"),
+        ("SYN00003.json", "does not match the image size"),
+        ("SYN00004.json", "unknown class names ['tumour of unknown kind']"),
+        ("outside.json", "polygon outside the 256x1024 image"),
+        ("SYN00006.json", "empty mask"),
+        ("datalist.json", f"patient {labeled[6]['patient_id']} appears in several splits"),
+    ]
+    for file_name, reason in expected:
+        assert any(file_name in line and reason in line and line.startswith("ERROR") for line in lines), (
+            file_name,
+            reason,
+            result.stdout,
+        )
+    assert _digest(ds_dir) == before
+
+
+def test_check_passes_clean_dataset_and_rejects_missing_datalist(synthetic_dataset, tmp_path):
+    ok = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "check_data.py"),
+            "--datalist",
+            str(synthetic_dataset / "datalist.json"),
+            "--dataset_dir",
+            str(synthetic_dataset),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert ok.returncode == 0 and "0 errors" in ok.stdout, ok.stdout + ok.stderr
+    missing = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "check_data.py"),
+            "--datalist",
+            str(tmp_path / "nope.json"),
+            "--dataset_dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert missing.returncode == 1 and "nope.json: datalist not found" in missing.stdout
+    (tmp_path / "empty.json").write_text(json.dumps({"labeled": [], "unlabeled": []}))
+    empty = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "check_data.py"),
+            "--datalist",
+            str(tmp_path / "empty.json"),
+            "--dataset_dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert empty.returncode == 1 and "'labeled' split is empty" in empty.stdout
+
+
+def test_contact_sheet_script(synthetic_dataset, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "sheet.png"
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "contact_sheet.py"),
+            "--dataset_dir",
+            str(synthetic_dataset),
+            "--studies",
+            "2",
+            "--variety",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        cwd=ROOT,
+    )
+    with Image.open(out) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    assert rgb.shape[0] > 500
+    # the chest box colour is drawn
+    assert ((rgb[..., 0] == 128) & (rgb[..., 1] == 0) & (rgb[..., 2] == 128)).sum() > 50
