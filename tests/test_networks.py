@@ -174,3 +174,21 @@ def test_ladder_switches(malignet):
         assert torch.isfinite(cost) and list(pyramid) == ["0", "1", "2", "3", "pool"]
     with pytest.raises(ValueError, match="upsample_mode"):
         LadderFPN([256], 256, upsample_mode="area")
+
+
+@pytest.mark.parametrize("switches", [{}, {"ladder": False, "global_features": False}])
+def test_torchscript_export_matches_eager(tmp_path, switches):
+    from malignet_bundle.networks.export import export_torchscript
+
+    torch.manual_seed(4)
+    net = MaligNet(image_size=SIZE, box_score_thresh=0.0, **switches).eval()
+    export_torchscript(net, tmp_path / "malignet.ts")
+    loaded = torch.jit.load(str(tmp_path / "malignet.ts"))
+    assert not any("decoders" in name for name, _ in loaded.named_parameters())
+    images = _images(2, 12)
+    with torch.no_grad():
+        eager, scripted = net(images), loaded(images)
+    for a, b in zip(eager, scripted, strict=True):
+        assert len(a["boxes"]) > 0
+        for key in ("boxes", "labels", "scores", "masks"):
+            torch.testing.assert_close(a[key], b[key])

@@ -46,8 +46,8 @@ class GlobalFeatureEmbedding(nn.Module):
 class GlobalContextRoIPool(MultiScaleRoIAlign):
     """``MultiScaleRoIAlign`` that appends each region's image-level vector to its flattened pooled features.
 
-    A subclass, not a wrapper, because torchvision's ``FasterRCNN`` accepts only ``MultiScaleRoIAlign`` as
-    its box pooler.
+    A subclass because torchvision's ``FasterRCNN`` accepts only ``MultiScaleRoIAlign`` as its box pooler;
+    the pooling itself is an inner ``MultiScaleRoIAlign`` (TorchScript cannot compile ``super()`` calls).
 
     Args:
         featmap_names: pyramid levels to pool from.
@@ -64,11 +64,12 @@ class GlobalContextRoIPool(MultiScaleRoIAlign):
         global_key: str = GLOBAL_KEY,
     ) -> None:
         super().__init__(featmap_names, output_size, sampling_ratio)
+        self.pool = MultiScaleRoIAlign(featmap_names, output_size, sampling_ratio)
         self.global_key = global_key
 
     def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
         """(R, C·s·s + G): pooled region features, flattened, then the global vector of the region's image."""
-        pooled = super().forward(x, boxes, image_shapes).flatten(1)
+        pooled = self.pool(x, boxes, image_shapes).flatten(1)
         counts = torch.tensor([len(b) for b in boxes], device=pooled.device)
         image_index = torch.repeat_interleave(torch.arange(len(boxes), device=pooled.device), counts)
         return torch.cat([pooled, x[self.global_key][image_index]], dim=1)
