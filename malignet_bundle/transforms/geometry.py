@@ -1,0 +1,140 @@
+"""Chest crop and instance geometry as MONAI dictionary transforms.
+
+``CropToChestd`` crops the whole-body view to its chest box and resizes it to the network's input size,
+masks with it, and records the crop (``crop_box``, whole-body x0, y0, x1, y1) so that detections in crop
+pixels map back with :func:`crop_to_wholebody`. ``BoxesFromMasksd`` re-derives boxes from masks after any
+geometric change and drops instances that left the image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Resize, SpatialCrop
+
+__all__ = ["CropToChestd", "BoxesFromMasksd", "masks_to_boxes", "crop_to_wholebody"]
+
+
+def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) masks → (N, 4) boxes (x0, y0, x1, y1), x1/y1 exclusive; empty masks give zeros."""
+    boxes = torch.zeros((masks.shape[0], 4), dtype=torch.float32)
+    if masks.shape[0] == 0:
+        return boxes
+    rows, cols = masks.any(dim=2), masks.any(dim=1)
+    for i in range(masks.shape[0]):
+        r, c = torch.nonzero(rows[i]).flatten(), torch.nonzero(cols[i]).flatten()
+        if len(r):
+            boxes[i] = torch.tensor([c[0], r[0], c[-1] + 1, r[-1] + 1], dtype=torch.float32)
+    return boxes
+
+
+def crop_to_wholebody(boxes: torch.Tensor, crop_box: torch.Tensor, crop_size: tuple[int, int]) -> torch.Tensor:
+    """Map (x0, y0, x1, y1) boxes from a resized crop back to whole-body pixels.
+
+    Args:
+        boxes: (N, 4) in crop pixels.
+        crop_box: (4,) the crop in whole-body pixels, as ``CropToChestd`` records it.
+        crop_size: (H, W) the crop was resized to.
+    """
+    x0, y0, x1, y1 = (float(v) for v in crop_box)
+    sx, sy = (x1 - x0) / crop_size[1], (y1 - y0) / crop_size[0]
+    scale = torch.tensor([sx, sy, sx, sy], dtype=boxes.dtype, device=boxes.device)
+    offset = torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype, device=boxes.device)
+    return boxes * scale + offset
+
+
+class CropToChestd(MapTransform):
+    """Crop image (and masks) to the chest box, then resize to ``spatial_size``.
+
+    Args:
+        keys: image key(s), (C, H, W).
+        spatial_size: output (H, W) (Table 11: 320×320).
+        box_key: key of the chest box (x0, y0, x1, y1) in the view's pixels (annotation or detector).
+        mask_key: instance masks (N, H, W) cropped and resized with nearest neighbour, when present.
+        margin: fraction of the box size added on every side.
+        image_mode: interpolation of the image ("area" keeps count sums local, "bilinear").
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        spatial_size: tuple[int, int] | int = 320,
+        box_key: str = "chest_box",
+        mask_key: str = "masks",
+        margin: float = 0.0,
+        image_mode: str = "area",
+    ) -> None:
+        super().__init__(keys)
+        size = (spatial_size, spatial_size) if isinstance(spatial_size, int) else tuple(spatial_size)
+        self.spatial_size = (int(size[0]), int(size[1]))
+        self.box_key, self.mask_key, self.margin = box_key, mask_key, margin
+        self.resize_image = Resize(self.spatial_size, mode=image_mode)
+        self.resize_mask = Resize(self.spatial_size, mode="nearest")
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Return a copy of ``data`` with cropped, resized images and masks and ``crop_box`` added."""
+        d = dict(data)
+        if self.box_key not in d:
+            raise KeyError(f"no {self.box_key!r} in the item: give a chest box (annotation or chest detector)")
+        first = d[self.first_key(d)]
+        height, width = int(first.shape[-2]), int(first.shape[-1])
+        x0, y0, x1, y1 = (float(v) for v in torch.as_tensor(d[self.box_key]).flatten()[:4])
+        mx, my = self.margin * (x1 - x0), self.margin * (y1 - y0)
+        left, top = max(int(np.floor(x0 - mx)), 0), max(int(np.floor(y0 - my)), 0)
+        right, bottom = min(int(np.ceil(x1 + mx)), width), min(int(np.ceil(y1 + my)), height)
+        if right - left < 2 or bottom - top < 2:
+            raise ValueError(f"chest box {[x0, y0, x1, y1]} leaves no image inside {width}x{height}")
+        crop = SpatialCrop(roi_start=[top, left], roi_end=[bottom, right])
+        for key in self.key_iterator(d):
+            d[key] = self.resize_image(crop(d[key]))
+        if self.mask_key in d:
+            masks = torch.as_tensor(d[self.mask_key])[:, top:bottom, left:right]
+            if masks.shape[0]:
+                d[self.mask_key] = self.resize_mask(masks.float()).as_tensor().round().to(torch.uint8)
+            else:
+                d[self.mask_key] = torch.zeros((0, *self.spatial_size), dtype=torch.uint8)
+        d["crop_box"] = torch.tensor([left, top, right, bottom], dtype=torch.float32)
+        return d
+
+
+class BoxesFromMasksd(MapTransform):
+    """Recompute ``boxes`` from ``masks`` and drop instances smaller than ``min_pixels``.
+
+    Args:
+        keys: the mask key.
+        box_key: output box key.
+        label_key: labels filtered together with the masks.
+        min_pixels: an instance with fewer mask pixels is dropped (left the crop, or vanished in resizing).
+        max_instances: keep at most this many, largest first (Table 11: 100 ground-truth instances).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "masks",
+        box_key: str = "boxes",
+        label_key: str = "labels",
+        min_pixels: int = 4,
+        max_instances: int = 100,
+        allow_missing_keys: bool = True,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.box_key, self.label_key = box_key, label_key
+        self.min_pixels, self.max_instances = min_pixels, max_instances
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Return a copy of ``data`` with consistent masks, labels and boxes."""
+        d = dict(data)
+        for key in self.key_iterator(d):
+            masks = torch.as_tensor(d[key])
+            areas = masks.flatten(1).sum(1) if masks.shape[0] else torch.zeros(0)
+            keep = torch.nonzero(areas >= self.min_pixels).flatten()
+            keep = keep[torch.argsort(areas[keep], descending=True)][: self.max_instances].sort().values
+            d[key] = masks[keep]
+            if self.label_key in d:
+                d[self.label_key] = torch.as_tensor(d[self.label_key])[keep]
+            d[self.box_key] = masks_to_boxes(d[key])
+        return d
