@@ -168,12 +168,15 @@ def test_ladder_switches(malignet):
         {"normalize_targets": False},
         {"upsample_mode": "bicubic"},
         {"decoder_kernel_size": 3},
+        {"combinator": "concat", "decoder_kernel_size": 3},
     ):
         lfpn = LadderFPN([256, 512, 1024, 2048], 256, extra_blocks=LastLevelMaxPool(), **kwargs).train()
         pyramid, cost = lfpn.forward_with_ladder({k: v.detach() for k, v in maps.items()})
         assert torch.isfinite(cost) and list(pyramid) == ["0", "1", "2", "3", "pool"]
     with pytest.raises(ValueError, match="upsample_mode"):
         LadderFPN([256], 256, upsample_mode="area")
+    with pytest.raises(ValueError, match="combinator"):
+        LadderFPN([256], 256, combinator="sum")
 
 
 @pytest.mark.parametrize("switches", [{}, {"ladder": False, "global_features": False}])

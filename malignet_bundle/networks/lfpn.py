@@ -34,39 +34,60 @@ def gaussian_feature_noise(z: Tensor, ratio: float) -> Tensor:
     """Zero-mean Gaussian noise with σ = ``ratio`` × the per-sample standard deviation of ``z``."""
     if ratio <= 0:
         return torch.zeros_like(z)
-    sigma = z.detach().flatten(1).std(dim=1).view(-1, *([1] * (z.dim() - 1)))
-    return torch.randn_like(z) * (ratio * sigma)
+    flat = z.detach().flatten(1)
+    # one-pass moments: aten::std is several times slower on CPU and this runs 12 times a step
+    variance = (flat * flat).mean(dim=1) - flat.mean(dim=1).square()
+    sigma = variance.clamp(min=0).sqrt().view(-1, *([1] * (z.dim() - 1)))
+    return torch.randn_like(z).mul_(ratio * sigma)
 
 
 class LadderDecoder(nn.Module):
-    """Denoising decoder of one pyramid level: g⁽²⁾, g⁽¹⁾, g⁽⁰⁾ as transposed convolution + batch norm.
+    """Denoising decoder of one pyramid level: g⁽²⁾, g⁽¹⁾, g⁽⁰⁾, each a transposed convolution + batch norm.
+
+    Two ways to merge the noisy lateral z̃⁽ᵐ⁾ with the reconstruction ẑ⁽ᵐ⁺¹⁾ from above:
+
+    - ``"concat"``: ẑ⁽ᵐ⁾ = BN(ConvT([z̃⁽ᵐ⁾, ẑ⁽ᵐ⁺¹⁾])), the literal reading of the thesis;
+    - ``"ladder"``: ẑ⁽ᵐ⁾ = a ⊙ z̃⁽ᵐ⁾ + BN(ConvT(ẑ⁽ᵐ⁺¹⁾)), a per-channel linear combinator as in the ladder
+      network (Rasmus et al. 2015). The transposed convolution then reads 256 channels instead of
+      C_l + 256, which halves the decoder's cost (docs/BENCHMARKS.md).
 
     Args:
         in_channels: channels of C_l (the reconstruction target of g⁽⁰⁾).
         out_channels: pyramid channels (targets of g⁽¹⁾ and g⁽²⁾).
         kernel_size: kernel of g⁽²⁾ and g⁽¹⁾ (inverses of the 3×3 output conv); g⁽⁰⁾ inverts the 1×1 lateral
-            and is always 1×1. 1 keeps the ladder's training overhead low (see docs/BENCHMARKS.md).
+            and is always 1×1. 1 keeps the ladder's training overhead low.
+        combinator: "concat" or "ladder", as above.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, combinator: str = "ladder") -> None:
         super().__init__()
+        if combinator not in ("concat", "ladder"):
+            raise ValueError(f"combinator must be 'concat' or 'ladder', got {combinator!r}")
+        self.combinator = combinator
         pad = kernel_size // 2
+        wide = 2 if combinator == "concat" else 1
         self.g2 = nn.Sequential(
             nn.ConvTranspose2d(out_channels, out_channels, kernel_size, padding=pad), nn.BatchNorm2d(out_channels)
         )
         self.g1 = nn.Sequential(
-            nn.ConvTranspose2d(2 * out_channels, out_channels, kernel_size, padding=pad),
+            nn.ConvTranspose2d(wide * out_channels, out_channels, kernel_size, padding=pad),
             nn.BatchNorm2d(out_channels),
         )
-        self.g0 = nn.Sequential(
-            nn.ConvTranspose2d(in_channels + out_channels, in_channels, 1), nn.BatchNorm2d(in_channels)
-        )
+        g0_in = in_channels + out_channels if combinator == "concat" else out_channels
+        self.g0 = nn.Sequential(nn.ConvTranspose2d(g0_in, in_channels, 1), nn.BatchNorm2d(in_channels))
+        if combinator == "ladder":
+            self.lateral1 = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
+            self.lateral0 = nn.Parameter(torch.zeros(1, in_channels, 1, 1))
 
     def forward(self, z0: Tensor, z1: Tensor, z2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Reconstruct (ẑ⁽⁰⁾, ẑ⁽¹⁾, ẑ⁽²⁾) from the noisy (z̃⁽⁰⁾, z̃⁽¹⁾, z̃⁽²⁾) of the level."""
         r2 = self.g2(z2)
-        r1 = self.g1(torch.cat([z1, r2], dim=1))
-        r0 = self.g0(torch.cat([z0, r1], dim=1))
+        if self.combinator == "concat":
+            r1 = self.g1(torch.cat([z1, r2], dim=1))
+            r0 = self.g0(torch.cat([z0, r1], dim=1))
+        else:
+            r1 = self.lateral1 * z1 + self.g1(r2)
+            r0 = self.lateral0 * z0 + self.g0(r1)
         return r0, r1, r2
 
 
@@ -82,6 +103,8 @@ class LadderFPN(FeaturePyramidNetwork):
         stop_gradient_targets: clean targets are computed without gradient.
         normalize_targets: clean targets are normalised per channel over batch and space.
         upsample_mode: top-down upsampling, "nearest" as torchvision's FPN or "bicubic" as the thesis.
+        combinator: how each decoder layer merges the noisy lateral with the layer above (see
+            :class:`LadderDecoder`).
     """
 
     def __init__(
@@ -94,6 +117,7 @@ class LadderFPN(FeaturePyramidNetwork):
         stop_gradient_targets: bool = True,
         normalize_targets: bool = True,
         upsample_mode: str = "nearest",
+        combinator: str = "ladder",
     ) -> None:
         super().__init__(in_channels_list, out_channels, extra_blocks=extra_blocks)
         if upsample_mode not in ("nearest", "bilinear", "bicubic"):
@@ -102,7 +126,9 @@ class LadderFPN(FeaturePyramidNetwork):
         self.stop_gradient_targets = stop_gradient_targets
         self.normalize_targets = normalize_targets
         self.upsample_mode = upsample_mode
-        self.decoders = nn.ModuleList(LadderDecoder(c, out_channels, decoder_kernel_size) for c in in_channels_list)
+        self.decoders = nn.ModuleList(
+            LadderDecoder(c, out_channels, decoder_kernel_size, combinator) for c in in_channels_list
+        )
 
     def _upsample(self, x: Tensor, size: list[int]) -> Tensor:
         if self.upsample_mode == "nearest":
@@ -137,10 +163,8 @@ class LadderFPN(FeaturePyramidNetwork):
     def _target(self, z: Tensor) -> Tensor:
         if self.stop_gradient_targets:
             z = z.detach()
-        if self.normalize_targets:
-            mean = z.mean(dim=(0, 2, 3), keepdim=True)
-            std = z.std(dim=(0, 2, 3), keepdim=True) if z.shape[0] * z.shape[2] * z.shape[3] > 1 else 1.0
-            z = (z - mean) / (std + 1e-5)
+        if self.normalize_targets and z.shape[0] * z.shape[2] * z.shape[3] > 1:
+            z = F.batch_norm(z, None, None, training=True, eps=1e-5)  # per channel over batch and space
         return z
 
     def forward_with_ladder(self, x: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:

@@ -58,6 +58,7 @@ class MaligNet(MaskRCNN):
         stop_gradient_targets: LFPN clean targets without gradient.
         normalize_targets: LFPN clean targets normalised per channel.
         upsample_mode: LFPN top-down upsampling ("nearest" like torchvision, "bicubic" like the thesis).
+        ladder_combinator: how LFPN decoder layers merge lateral and top-down inputs ("concat" or "ladder").
         global_channels: size of the global feature vector.
         image_size: side of the (square) input the transform keeps images at (Table 11: 320).
         anchor_sizes: one tuple of sizes per pyramid level P2…P6.
@@ -82,6 +83,7 @@ class MaligNet(MaskRCNN):
         stop_gradient_targets: bool = True,
         normalize_targets: bool = True,
         upsample_mode: str = "nearest",
+        ladder_combinator: str = "ladder",
         global_channels: int = 256,
         image_size: int = 320,
         anchor_sizes: tuple[tuple[int, ...], ...] = LESION_ANCHOR_SIZES,
@@ -107,6 +109,7 @@ class MaligNet(MaskRCNN):
                 stop_gradient_targets=stop_gradient_targets,
                 normalize_targets=normalize_targets,
                 upsample_mode=upsample_mode,
+                combinator=ladder_combinator,
             )
         names = ["0", "1", "2", "3"]
         representation = 1024
