@@ -24,3 +24,11 @@ def class_map():
     from malignet_bundle.data.class_map import ClassMap
 
     return ClassMap.from_metadata(ROOT / "configs" / "metadata.json")
+
+
+def run_script(name: str, *args: object, check: bool = False):
+    """Run ``scripts/<name>.py`` with this interpreter from the repository root; output captured as text."""
+    import subprocess
+
+    command = [sys.executable, str(ROOT / "scripts" / f"{name}.py"), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=check)

@@ -3,15 +3,13 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pydicom
 
 from malignet_bundle.data.annotations import to_labelme, write_json_atomic
 
-from .conftest import ROOT
+from .conftest import run_script
 
 
 def _digest(folder) -> dict[str, str]:
@@ -81,19 +79,7 @@ def test_check_reports_every_problem_in_one_pass_and_touches_nothing(synthetic_d
     (ds_dir / "datalist.json").write_text(json.dumps(datalist))
 
     before = _digest(ds_dir)
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "check_data.py"),
-            "--datalist",
-            str(ds_dir / "datalist.json"),
-            "--dataset_dir",
-            str(ds_dir),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+    result = run_script("check_data", "--datalist", str(ds_dir / "datalist.json"), "--dataset_dir", str(ds_dir))
     assert result.returncode == 1, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     expected = [
@@ -116,48 +102,14 @@ def test_check_reports_every_problem_in_one_pass_and_touches_nothing(synthetic_d
 
 
 def test_check_passes_clean_dataset_and_rejects_missing_datalist(synthetic_dataset, tmp_path):
-    ok = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "check_data.py"),
-            "--datalist",
-            str(synthetic_dataset / "datalist.json"),
-            "--dataset_dir",
-            str(synthetic_dataset),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
+    ok = run_script(
+        "check_data", "--datalist", str(synthetic_dataset / "datalist.json"), "--dataset_dir", str(synthetic_dataset)
     )
     assert ok.returncode == 0 and "0 errors" in ok.stdout, ok.stdout + ok.stderr
-    missing = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "check_data.py"),
-            "--datalist",
-            str(tmp_path / "nope.json"),
-            "--dataset_dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+    missing = run_script("check_data", "--datalist", str(tmp_path / "nope.json"), "--dataset_dir", str(tmp_path))
     assert missing.returncode == 1 and "nope.json: datalist not found" in missing.stdout
     (tmp_path / "empty.json").write_text(json.dumps({"labeled": [], "unlabeled": []}))
-    empty = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "check_data.py"),
-            "--datalist",
-            str(tmp_path / "empty.json"),
-            "--dataset_dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+    empty = run_script("check_data", "--datalist", str(tmp_path / "empty.json"), "--dataset_dir", str(tmp_path))
     assert empty.returncode == 1 and "'labeled' split is empty" in empty.stdout
 
 
@@ -165,20 +117,16 @@ def test_contact_sheet_script(synthetic_dataset, tmp_path):
     from PIL import Image
 
     out = tmp_path / "sheet.png"
-    subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "contact_sheet.py"),
-            "--dataset_dir",
-            str(synthetic_dataset),
-            "--studies",
-            "2",
-            "--variety",
-            "--out",
-            str(out),
-        ],
+    run_script(
+        "contact_sheet",
+        "--dataset_dir",
+        str(synthetic_dataset),
+        "--studies",
+        "2",
+        "--variety",
+        "--out",
+        str(out),
         check=True,
-        cwd=ROOT,
     )
     with Image.open(out) as im:
         rgb = np.asarray(im.convert("RGB"))

@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from collections import Counter
 
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 from malignet_bundle.data.check import check_dataset
 from malignet_bundle.data.synthesize import synthesize_study
 
-from .conftest import ROOT
+from .conftest import run_script
 
 
 def test_study_is_deterministic_by_seed():
@@ -79,30 +78,9 @@ def test_class_patterns_carry_global_context():
 
 
 def test_cli_dataset_passes_check_and_splits_by_patient(tmp_path, class_map):
-    out = tmp_path / "ds"
-    subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "synthesize.py"),
-            "--out",
-            str(out),
-            "--labeled",
-            "3",
-            "--unlabeled",
-            "2",
-            "--validation",
-            "1",
-            "--test",
-            "1",
-            "--seed",
-            "3",
-            "--workers",
-            "2",
-            "--quiet",
-        ],
-        check=True,
-        cwd=ROOT,
-    )
+    splits = ("--labeled", 3, "--unlabeled", 2, "--validation", 1, "--test", 1, "--seed", 3, "--quiet")
+    out, again = tmp_path / "ds", tmp_path / "again"
+    run_script("synthesize", "--out", out, "--workers", 2, *splits, check=True)
     datalist = json.loads((out / "datalist.json").read_text())
     assert {k: len(v) for k, v in datalist.items()} == {"labeled": 6, "unlabeled": 4, "validation": 2, "test": 2}
     assert all("label" not in it for it in datalist["unlabeled"])
@@ -110,31 +88,8 @@ def test_cli_dataset_passes_check_and_splits_by_patient(tmp_path, class_map):
     assert sum(len(p) for p in patients) == len(set().union(*patients)) == 7
     report = check_dataset(out / "datalist.json", out, class_map)
     assert report.ok and not report.problems, report.problems
-    # same seed, fresh folder, more workers: identical pixels
-    again = tmp_path / "again"
-    subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "synthesize.py"),
-            "--out",
-            str(again),
-            "--labeled",
-            "3",
-            "--unlabeled",
-            "2",
-            "--validation",
-            "1",
-            "--test",
-            "1",
-            "--seed",
-            "3",
-            "--workers",
-            "1",
-            "--quiet",
-        ],
-        check=True,
-        cwd=ROOT,
-    )
+    # same seed, fresh folder, one worker instead of two: identical pixels
+    run_script("synthesize", "--out", again, "--workers", 1, *splits, check=True)
     for name in ("SYN00001.dcm", "SYN00007.dcm"):
         a, b = pydicom.dcmread(out / "studies" / name), pydicom.dcmread(again / "studies" / name)
         np.testing.assert_array_equal(a.pixel_array, b.pixel_array)

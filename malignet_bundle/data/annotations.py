@@ -24,6 +24,7 @@ from pycocotools import mask as mask_utils
 from skimage import measure
 
 from malignet_bundle.data.class_map import ClassMap
+from malignet_bundle.data.nm_dicom import InputFileError
 
 __all__ = [
     "AnnotationError",
@@ -38,13 +39,8 @@ __all__ = [
 ]
 
 
-class AnnotationError(ValueError):
-    """An annotation that cannot be used; the message names the file and the reason."""
-
-    def __init__(self, path: str | os.PathLike, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
+class AnnotationError(InputFileError):
+    """An annotation file that cannot be used."""
 
 
 @dataclass

@@ -40,6 +40,7 @@ from pydicom.uid import (
 )
 
 __all__ = [
+    "InputFileError",
     "DicomInputError",
     "NMViews",
     "VIEW_CODES",
@@ -66,13 +67,17 @@ COMPRESSED_SYNTAXES = {
 }
 
 
-class DicomInputError(ValueError):
-    """A DICOM file that cannot be used; the message names the file and the reason."""
+class InputFileError(ValueError):
+    """A file that cannot be used; the message names the file and the reason."""
 
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
+
+
+class DicomInputError(InputFileError):
+    """A DICOM file that cannot be used."""
 
 
 @dataclass

@@ -64,14 +64,7 @@ class Canvas:
         thickness_cm: float,
     ) -> None:
         """Project a cylinder with rounded ends from ``p0`` to ``p1`` (row, col pixels), radius in pixels."""
-        pad = radius + 1.5
-        win = self._window(min(p0[0], p1[0]) - pad, max(p0[0], p1[0]) + pad,
-                           min(p0[1], p1[1]) - pad, max(p0[1], p1[1]) + pad)
-        if win is None:
-            return
-        rr, cc = np.mgrid[win[0], win[1]].astype(np.float32)
-        d = _segment_distance(rr, cc, p0, p1)
-        self.add(win, uptake * _chord(d, radius), depth, thickness_cm)
+        self.polyline(np.array([p0, p1], dtype=np.float64), radius, uptake, depth, thickness_cm)
 
     def polyline(
         self,
