@@ -30,8 +30,8 @@ def load_crops(dataset_dir: Path, count: int, size: int) -> tuple[list, list, li
     """``count`` labeled chest crops with targets and ``count`` more images used as unlabeled."""
     from monai.transforms import Compose, LoadImaged, ScaleIntensityRangePercentilesd
 
-    from malignet_bundle.data.check import load_datalist
     from malignet_bundle.data.class_map import ClassMap
+    from malignet_bundle.data.datalist import load_datalist
     from malignet_bundle.data.reader import NMWholeBodyReader
     from malignet_bundle.transforms.geometry import BoxesFromMasksd, CropToChestd
     from malignet_bundle.transforms.io import LoadAnnotationd, SelectViewd

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from malignet_bundle.data.annotations import load_annotation
-from malignet_bundle.data.check import load_datalist
+from malignet_bundle.data.datalist import load_datalist
 from malignet_bundle.data.nm_dicom import read_nm_views
 from malignet_bundle.outputs.overlay import render_overlay, save_contact_sheet
 

@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from malignet_bundle.data.check import load_datalist
 from malignet_bundle.data.class_map import ClassMap
+from malignet_bundle.data.datalist import load_datalist
 from malignet_bundle.engines.chest_detector import train_chest_detector
 
 

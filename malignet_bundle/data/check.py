@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -10,11 +9,11 @@ from pathlib import Path
 
 from malignet_bundle.data.annotations import AnnotationError, load_annotation
 from malignet_bundle.data.class_map import ClassMap
+from malignet_bundle.data.datalist import SPLITS, load_datalist
 from malignet_bundle.data.nm_dicom import DicomInputError, NMViews, read_nm_views
 
-__all__ = ["Problem", "CheckReport", "check_dataset", "load_datalist"]
+__all__ = ["Problem", "CheckReport", "check_dataset"]
 
-SPLITS = ("labeled", "unlabeled", "validation", "test")
 ANNOTATED_SPLITS = ("labeled", "validation", "test")
 
 
@@ -46,23 +45,6 @@ class CheckReport:
     def add(self, severity: str, path: str | os.PathLike, reason: str) -> None:
         """Record a finding."""
         self.problems.append(Problem(severity, str(path), reason))
-
-
-def load_datalist(path: str | os.PathLike) -> dict[str, list[dict]]:
-    """Read a datalist JSON; raises ``ValueError`` naming the file when it is missing or malformed."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: datalist not found")
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(doc, dict) or not any(k in doc for k in SPLITS):
-        raise ValueError(f"{path}: a datalist is an object with keys among {list(SPLITS)}")
-    unknown = [k for k in doc if k not in SPLITS]
-    if unknown:
-        raise ValueError(f"{path}: unknown split keys {unknown}; expected {list(SPLITS)}")
-    return {k: list(doc.get(k, [])) for k in SPLITS}
 
 
 def check_dataset(datalist_path: str | os.PathLike, dataset_dir: str | os.PathLike, class_map: ClassMap) -> CheckReport:
