@@ -138,3 +138,46 @@ class BoxesFromMasksd(MapTransform):
                 d[self.label_key] = torch.as_tensor(d[self.label_key])[keep]
             d[self.box_key] = masks_to_boxes(d[key])
         return d
+
+
+class DetectChestd(MapTransform):
+    """Fill ``chest_box`` from the chest detector for items whose annotation gave none (unlabeled scans).
+
+    The detector is loaded once, lazily, from a weights file (``torch.load(weights_only=True)``), and runs
+    on CPU so that cached data loading needs no GPU. Items that already carry a chest box keep it.
+
+    Args:
+        keys: the image key (one view, (1, H, W), intensities scaled to about 0–1).
+        detector_path: chest detector weights (``scripts/train_chest_detector.py``).
+        box_key: where the box goes.
+    """
+
+    def __init__(self, keys: KeysCollection, detector_path: str, box_key: str = "chest_box") -> None:
+        super().__init__(keys)
+        self.detector_path, self.box_key = detector_path, box_key
+        self._detector = None
+
+    def _load(self) -> torch.nn.Module:
+        if self._detector is None:
+            from malignet_bundle.networks.chest_detector import ChestDetector
+
+            detector = ChestDetector()
+            try:
+                detector.load_state_dict(torch.load(self.detector_path, map_location="cpu", weights_only=True))
+            except FileNotFoundError as e:
+                raise FileNotFoundError(
+                    f"{self.detector_path}: chest detector weights not found; train them with "
+                    "scripts/train_chest_detector.py"
+                ) from e
+            self._detector = detector.eval()
+        return self._detector
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Return a copy of ``data`` with a chest box."""
+        d = dict(data)
+        if self.box_key in d:
+            return d
+        image = d[self.first_key(d)]
+        view = torch.as_tensor(image, dtype=torch.float32)[None, :1]
+        d[self.box_key] = self._load()(view)[0]
+        return d
