@@ -26,7 +26,7 @@ def tiny(tmp_path_factory, class_map):
     return root
 
 
-def _train(tiny, name: str, *configs: str, extra: tuple = ()) -> subprocess.CompletedProcess:
+def _train(tiny, name: str, *configs: str, epochs: int = 1, extra: tuple = ()) -> subprocess.CompletedProcess:
     files = [str(ROOT / "configs" / c) for c in configs]
     command = [
         sys.executable,
@@ -47,7 +47,7 @@ def _train(tiny, name: str, *configs: str, extra: tuple = ()) -> subprocess.Comp
         "--chest_detector_path",
         str(tiny / "chest.pt"),
         "--epochs",
-        "1",
+        str(epochs),
         "--image_size",
         "96",
         "--batch_size",
@@ -68,6 +68,12 @@ def test_train_json_trains_malignet_semi_supervised(tiny):
     latest = torch.load(tiny / "malignet" / "latest_checkpoint_epoch=1.pt", weights_only=True)
     assert {"model", "optimizer", "trainer", "lr_scheduler"} <= set(latest)
     assert latest["trainer"]["iteration"] == latest["trainer"]["epoch_length"]  # one full epoch
+    # run again with two epochs: it resumes from the saved epoch instead of starting over
+    again = _train(tiny, "malignet", "train.json", epochs=2)
+    log = again.stdout + again.stderr
+    assert again.returncode == 0, log[-4000:]
+    assert "Restored all variables" in log and "epoch 1 until 2 epochs" in log
+    assert (tiny / "malignet" / "latest_checkpoint_epoch=2.pt").is_file()
 
 
 def test_baseline_json_trains_plain_mask_rcnn(tiny):
