@@ -5,8 +5,13 @@ PY := $(VENV)/bin/python
 DATA := data/synthetic
 # Small enough for a laptop CPU; scripts/synthesize.py makes thousands when asked.
 DEMO_SPLITS := --labeled 40 --unlabeled 200 --validation 10 --test 20 --seed 0
+MODELS := models
+# CPU-sized schedule: a few epochs at 320x320 (Table 11 trains far longer on a GPU).
+DEMO_EPOCHS ?= 3
+CHEST_EPOCHS ?= 25
+BUNDLE := $(PY) -m monai.bundle run training --config_file configs/train.json --logging_file configs/logging.conf
 
-.PHONY: venv demo data test lint clean
+.PHONY: venv demo data train test lint clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +25,18 @@ $(DATA)/datalist.json: | $(VENV)/.installed
 
 data: $(DATA)/datalist.json
 
+$(MODELS)/chest_detector.pt: | $(DATA)/datalist.json
+	$(PY) scripts/train_chest_detector.py --dataset_dir $(DATA) --epochs $(CHEST_EPOCHS) --output $@
+
+train: $(VENV)/.installed $(DATA)/datalist.json $(MODELS)/chest_detector.pt
+	$(BUNDLE) --dataset_dir $(DATA) --ckpt_dir $(MODELS) --epochs $(DEMO_EPOCHS)
+
 demo: $(VENV)/.installed $(DATA)/datalist.json
 	$(PY) scripts/check_data.py --datalist $(DATA)/datalist.json --dataset_dir $(DATA)
 	$(PY) scripts/contact_sheet.py --dataset_dir $(DATA) --out $(DATA)/contact_sheet.png
+	$(MAKE) train
 	@echo "synthetic dataset: $(DATA) (datalist.json, studies/*.dcm, labels/*.json); contact sheet: $(DATA)/contact_sheet.png"
+	@echo "chest detector: $(MODELS)/chest_detector.pt; MaligNet: $(MODELS)/model.pt (best val_mean_f1), $(MODELS)/latest_checkpoint_epoch=*.pt (resume)"
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
@@ -33,4 +46,4 @@ test: $(VENV)/.installed lint
 	$(PY) -m pytest
 
 clean:
-	rm -rf $(VENV) $(DATA)
+	rm -rf $(VENV) $(DATA) $(MODELS)

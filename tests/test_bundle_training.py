@@ -58,10 +58,19 @@ def _train(tiny, name: str, *configs: str, epochs: int = 1, extra: tuple = ()) -
 
 
 def test_train_json_trains_malignet_semi_supervised(tiny):
-    result = _train(tiny, "malignet", "train.json")
+    tracking = ("--tracking", "mlflow", "--output_dir", str(tiny / "eval"))
+    result = _train(tiny, "malignet", "train.json", extra=tracking)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
     assert "loss_ladder" in log and "val_mean_f1" in log
+    # MLflow's local store (MONAI's default: SQLite beside the artifacts) holds every loss curve
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tiny / 'eval' / 'mlruns.db'}")
+    (run,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert {"train_loss", "epoch_loss", "train_loss_ladder", "train_loss_mask", "val_mean_f1"} <= set(run.data.metrics)
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert len(history) == 2 and all(m.value > 0 for m in history)  # one point per iteration
     state = torch.load(tiny / "malignet" / "model.pt", weights_only=True)
     assert any(k.startswith("backbone.fpn.decoders") for k in state)
     MaligNet(image_size=96).load_state_dict(state)

@@ -26,6 +26,7 @@ from monai.transforms import (
 from tqdm import tqdm
 
 from malignet_bundle.data.class_map import ClassMap
+from malignet_bundle.data.datalist import resolve_items
 from malignet_bundle.data.reader import NMWholeBodyReader
 from malignet_bundle.networks.chest_detector import ChestDetector, box_jaccard
 from malignet_bundle.transforms.io import LoadAnnotationd, SelectViewd
@@ -35,11 +36,11 @@ __all__ = ["chest_view_transforms", "train_chest_detector", "evaluate_chest_dete
 logger = logging.getLogger(__name__)
 
 
-def chest_view_transforms(dataset_dir: str | os.PathLike, class_map: ClassMap, train: bool = False) -> Compose:
-    """Datalist item → anterior-oriented whole-body view scaled to 0–1, with its ``chest_box``."""
+def chest_view_transforms(class_map: ClassMap, train: bool = False) -> Compose:
+    """Resolved datalist item → anterior-oriented whole-body view scaled to 0–1, with its ``chest_box``."""
     steps = [
         LoadImaged("image", reader=NMWholeBodyReader(), image_only=True),
-        LoadAnnotationd("label", class_map=class_map, dataset_dir=str(dataset_dir)),
+        LoadAnnotationd("label", class_map=class_map),
         SelectViewd("image"),
         ScaleIntensityRangePercentilesd("image", 0, 99.5, 0.0, 1.0),
         SelectItemsd(["image", "chest_box"]),
@@ -50,8 +51,9 @@ def chest_view_transforms(dataset_dir: str | os.PathLike, class_map: ClassMap, t
     return Compose(steps)
 
 
-def _items(datalist: list[dict], dataset_dir: Path) -> list[dict]:
-    return [{**it, "image": str(dataset_dir / it["image"])} for it in datalist if "label" in it]
+def _items(items: list[dict], dataset_dir: Path) -> list[dict]:
+    """Annotated items with resolved paths (the detector learns from annotated chest boxes only)."""
+    return resolve_items([it for it in items if "label" in it], dataset_dir)
 
 
 def save_atomic(state: dict, path: str | os.PathLike) -> None:
@@ -104,10 +106,10 @@ def train_chest_detector(
     np.random.seed(seed)
     root = Path(dataset_dir)
     train_ds = CacheDataset(
-        _items(datalist["labeled"], root), chest_view_transforms(root, class_map, train=True), progress=False
+        _items(datalist["labeled"], root), chest_view_transforms(class_map, train=True), progress=False
     )
-    val_ds = CacheDataset(_items(datalist["validation"], root), chest_view_transforms(root, class_map), progress=False)
-    test_ds = CacheDataset(_items(datalist["test"], root), chest_view_transforms(root, class_map), progress=False)
+    val_ds = CacheDataset(_items(datalist["validation"], root), chest_view_transforms(class_map), progress=False)
+    test_ds = CacheDataset(_items(datalist["test"], root), chest_view_transforms(class_map), progress=False)
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise ValueError("the chest detector needs annotated 'labeled' and 'validation' views")
     train_loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, num_workers=0)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
+from ignite.metrics import Average, Metric
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.inferers import Inferer
@@ -19,6 +20,7 @@ from monai.utils.enums import CommonKeys as Keys
 
 __all__ = [
     "WeightedLossSum",
+    "loss_term_metrics",
     "prepare_detection_batch",
     "DetectionInferer",
     "SemiSupervisedTrainer",
@@ -42,6 +44,19 @@ class WeightedLossSum:
     def __call__(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The weighted total."""
         return sum(self.weights.get(name, 1.0) * value for name, value in losses.items())
+
+
+def loss_term_metrics(names: Mapping[str, float] | Sequence[str], prefix: str = "train_") -> dict[str, Metric]:
+    """Epoch averages of each loss term as trainer metrics, so metric handlers (MLflow, stats) log every curve.
+
+    MONAI engines register additional metrics only beside a key metric: use ``loss_term_metrics(["loss"])``
+    (the weighted total) as the trainer's ``key_train_metric``.
+
+    Args:
+        names: loss names (or the ``loss_weights`` mapping, whose keys are used).
+        prefix: metric name prefix, keeping training losses apart from validation metrics.
+    """
+    return {f"{prefix}{name}": Average(output_transform=lambda x, n=name: x[0][n]) for name in names}
 
 
 def prepare_detection_batch(
@@ -131,8 +146,12 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             images.extend(batch_images)
         return images
 
-    def _iteration(self, engine: SupervisedTrainer, batchdata: Sequence[Mapping[str, Any]]) -> dict:
-        """One step: forward labeled + unlabeled, weighted loss, backward, optimizer step (AMP on CUDA)."""
+    def _iteration(self, engine: SupervisedTrainer, batchdata: Sequence[Mapping[str, Any]]) -> list[dict]:
+        """One step: forward labeled + unlabeled, weighted loss, backward, optimizer step (AMP on CUDA).
+
+        Returns (and leaves in ``engine.state.output``) one dict per labeled image with ``loss`` and every
+        loss term.
+        """
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         images, targets = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)
@@ -164,8 +183,13 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             self._clip(engine)
             engine.optimizer.step()
-        for name, value in losses.items():  # each term, detached, for the handlers
-            engine.state.output[name] = value.detach()
+        terms = {name: value.detach() for name, value in losses.items()}
+        # As MONAI's decollated output: one dict per labeled image, the batch losses replicated in each,
+        # so the stock handlers (e.g. MLflow's ``from_engine(["loss"], first=True)``) read them unchanged.
+        engine.state.output = [
+            {Keys.IMAGE: image, Keys.LABEL: target, Keys.PRED: None, Keys.LOSS: loss.detach(), **terms}
+            for image, target in zip(images, targets, strict=True)
+        ]
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
 
