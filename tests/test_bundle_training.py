@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -22,6 +23,10 @@ def tiny(tmp_path_factory, class_map):
     root = tmp_path_factory.mktemp("tiny")
     write_dataset(root / "data", labeled=2, unlabeled=2, validation=1, test=1, seed=21, progress=False)
     datalist = load_datalist(root / "data" / "datalist.json")
+    # one corrupt unlabeled scan among the good ones: training must skip it, not stop
+    (root / "data" / "studies" / "corrupt.dcm").write_bytes(b"\x00not dicom" * 64)
+    datalist["unlabeled"].append({"image": "studies/corrupt.dcm", "view": "anterior", "patient_id": "BROKEN"})
+    (root / "data" / "datalist.json").write_text(json.dumps(datalist))
     train_chest_detector(datalist, root / "data", class_map, root / "chest.pt", epochs=2, batch_size=4, progress=False)
     return root
 
@@ -63,6 +68,7 @@ def test_train_json_trains_malignet_semi_supervised(tiny):
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
     assert "loss_ladder" in log and "val_mean_f1" in log
+    assert "skipping unlabeled item" in log and "corrupt.dcm" in log
     # MLflow's local store (MONAI's default: SQLite beside the artifacts) holds every loss curve
     from mlflow.tracking import MlflowClient
 
@@ -94,7 +100,13 @@ def test_baseline_json_trains_plain_mask_rcnn(tiny):
     MaligNet(image_size=96, ladder=False, global_features=False).load_state_dict(state)
 
 
-def test_missing_datalist_stops_with_its_name(tiny):
+def test_bad_datalists_stop_with_what_is_wrong(tiny):
     result = _train(tiny, "bad", "train.json", extra=("--data_list_file_path", str(tiny / "nowhere.json")))
     assert result.returncode != 0
     assert "nowhere.json: datalist not found" in result.stdout + result.stderr
+    datalist = load_datalist(tiny / "data" / "datalist.json")
+    datalist["labeled"] = []
+    (tiny / "empty_labeled.json").write_text(json.dumps(datalist))
+    result = _train(tiny, "bad", "train.json", extra=("--data_list_file_path", str(tiny / "empty_labeled.json")))
+    assert result.returncode != 0
+    assert "the labeled split of the datalist is empty" in result.stdout + result.stderr

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
-__all__ = ["SPLITS", "load_datalist", "resolve_items"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["SPLITS", "load_datalist", "resolve_items", "drop_unreadable"]
 
 SPLITS = ("labeled", "unlabeled", "validation", "test")
 PATH_KEYS = ("image", "label")
@@ -29,18 +32,42 @@ def load_datalist(path: str | os.PathLike) -> dict[str, list[dict]]:
     return {k: list(doc.get(k, [])) for k in SPLITS}
 
 
-def resolve_items(items: list[dict], dataset_dir: str | os.PathLike, require_label: bool = False) -> list[dict]:
+def resolve_items(
+    items: list[dict], dataset_dir: str | os.PathLike, require_label: bool = False, split: str = ""
+) -> list[dict]:
     """Copies of ``items`` with ``image``/``label`` joined to ``dataset_dir`` (absolute paths are kept).
 
     Args:
         items: datalist items of one split.
         dataset_dir: the folder the datalist's paths are relative to.
-        require_label: raise ``ValueError`` naming the item when one has no ``label``.
+        require_label: the split must be annotated: raise ``ValueError`` when it is empty or an item has no
+            ``label``.
+        split: the split's name, for error messages.
     """
     root = Path(dataset_dir)
+    if require_label and not items:
+        raise ValueError(f"the {split or 'annotated'} split of the datalist is empty (dataset_dir {root})")
     resolved = []
     for k, item in enumerate(items):
         if require_label and "label" not in item:
             raise ValueError(f"item {k} ({item.get('image')}) has no 'label' but this split must be annotated")
         resolved.append({key: str(root / value) if key in PATH_KEYS else value for key, value in item.items()})
     return resolved
+
+
+def drop_unreadable(items: list[dict]) -> list[dict]:
+    """Items whose image reads as whole-body NM; each one dropped is logged with the file and the reason.
+
+    For unlabeled scans, where one corrupt file among thousands should cost that file, not the run.
+    """
+    from malignet_bundle.data.nm_dicom import DicomInputError, read_nm_views
+
+    kept = []
+    for item in items:
+        try:
+            read_nm_views(item["image"])
+        except DicomInputError as e:
+            logger.warning("skipping unlabeled item: %s", e)
+            continue
+        kept.append(item)
+    return kept
