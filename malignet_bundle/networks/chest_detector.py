@@ -21,6 +21,7 @@ from monai.apps.detection.networks.retinanet_network import RetinaNet, resnet_fp
 from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
 from monai.networks.nets import resnet
 from torch import Tensor, nn
+from torchvision.ops import box_iou
 
 __all__ = ["ChestDetector", "box_jaccard"]
 
@@ -33,11 +34,7 @@ def _xyxy_to_monai(boxes: Tensor) -> Tensor:
 
 def box_jaccard(a: Tensor, b: Tensor) -> Tensor:
     """Jaccard index (IoU) of paired boxes (N, 4) and (N, 4), (x0, y0, x1, y1)."""
-    lt = torch.maximum(a[:, :2], b[:, :2])
-    rb = torch.minimum(a[:, 2:], b[:, 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=1)
-    union = (a[:, 2:] - a[:, :2]).prod(dim=1) + (b[:, 2:] - b[:, :2]).prod(dim=1) - inter
-    return inter / union.clamp(min=1e-6)
+    return box_iou(a, b).diagonal()
 
 
 class ChestDetector(nn.Module):
