@@ -110,3 +110,48 @@ def test_bad_datalists_stop_with_what_is_wrong(tiny):
     result = _train(tiny, "bad", "train.json", extra=("--data_list_file_path", str(tiny / "empty_labeled.json")))
     assert result.returncode != 0
     assert "the labeled split of the datalist is empty" in result.stdout + result.stderr
+
+
+def test_multi_gpu_config_runs_two_processes_with_gloo(tiny):
+    """torchrun with 2 CPU processes: DDP over gloo, distributed samplers, only rank 0 logs and saves."""
+    configs = str([str(ROOT / "configs" / c) for c in ("train.json", "multi_gpu_train.json")])
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        configs,
+        "--logging_file",
+        str(ROOT / "configs" / "logging.conf"),
+        "--bundle_root",
+        str(ROOT),
+        "--dataset_dir",
+        str(tiny / "data"),
+        "--ckpt_dir",
+        str(tiny / "ddp"),
+        "--chest_detector_path",
+        str(tiny / "chest.pt"),
+        "--epochs",
+        "1",
+        "--image_size",
+        "96",
+        "--batch_size",
+        "1",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tiny, timeout=900)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    # 4 labeled views, 2 ranks, batch 1: 2 iterations per rank, logged by rank 0 only
+    iterations = [line for line in log.splitlines() if "Epoch: 1/1, Iter:" in line]
+    assert len(iterations) == 2 and all("Iter: " in line and "/2 --" in line for line in iterations)
+    state = torch.load(tiny / "ddp" / "model.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in state)
+    MaligNet(image_size=96).load_state_dict(state)
