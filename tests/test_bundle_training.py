@@ -155,3 +155,96 @@ def test_multi_gpu_config_runs_two_processes_with_gloo(tiny):
     state = torch.load(tiny / "ddp" / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state)
     MaligNet(image_size=96).load_state_dict(state)
+
+
+def test_mlflow_tracking_server_receives_the_run(tiny):
+    """A real `mlflow server` on 127.0.0.1 (SQLite backend), reached through MLFLOW_TRACKING_URI."""
+    import os
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    from mlflow.tracking import MlflowClient
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server_dir = tiny / "mlflow_server"
+    server_dir.mkdir()
+    server_log = open(server_dir / "server.log", "wb")  # a file, not a pipe that could fill and stall it
+    server = subprocess.Popen(
+        [
+            str(ROOT / ".venv" / "bin" / "mlflow") if (ROOT / ".venv" / "bin" / "mlflow").exists() else "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{server_dir / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(server_dir / "artifacts"),
+        ],
+        stdout=server_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=server_dir,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, (server_dir / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlflow server did not become ready in 120 s"
+            time.sleep(1)
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+        configs = str([str(ROOT / "configs" / "train.json")])
+        command = [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "training",
+            "--config_file",
+            configs,
+            "--logging_file",
+            str(ROOT / "configs" / "logging.conf"),
+            "--bundle_root",
+            str(ROOT),
+            "--dataset_dir",
+            str(tiny / "data"),
+            "--ckpt_dir",
+            str(tiny / "served"),
+            "--output_dir",
+            str(tiny / "served_out"),
+            "--chest_detector_path",
+            str(tiny / "chest.pt"),
+            "--epochs",
+            "1",
+            "--image_size",
+            "96",
+            "--batch_size",
+            "2",
+            "--tracking",
+            "mlflow",
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=tiny, timeout=900, env=env)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+        client = MlflowClient(tracking_uri=uri)
+        experiment = client.get_experiment_by_name("malignet")
+        (run,) = client.search_runs([experiment.experiment_id])
+        assert {"train_loss", "train_loss_ladder", "val_mean_f1"} <= set(run.data.metrics)
+        assert not (tiny / "served_out" / "mlruns.db").exists()  # nothing went to the local store
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        server_log.close()

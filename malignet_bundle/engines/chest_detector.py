@@ -131,7 +131,7 @@ def train_chest_detector(
             optimizer.step()
         scheduler.step()
         val = evaluate_chest_detector(detector, val_loader, device)
-        bar.set_postfix(loss=f"{float(loss):.3f}", val_jaccard=f"{val['jaccard_mean']:.3f}")
+        bar.set_postfix(loss=f"{loss.detach().item():.3f}", val_jaccard=f"{val['jaccard_mean']:.3f}")
         if val["jaccard_mean"] > best:
             best, best_state = val["jaccard_mean"], copy.deepcopy(detector.state_dict())
     detector.load_state_dict(best_state)
