@@ -248,3 +248,26 @@ def test_mlflow_tracking_server_receives_the_run(tiny):
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
         server_log.close()
+
+
+def test_self_training_json_trains_on_labeled_plus_pseudo_labeled(tiny):
+    import re
+
+    teacher = tiny / "teacher.pt"
+    torch.manual_seed(5)
+    torch.save(MaligNet(image_size=96).state_dict(), teacher)
+    result = _train(
+        tiny,
+        "self_training",
+        "train.json",
+        "self_training.json",
+        extra=("--pretrained_checkpoint", str(teacher), "--pseudo_level", "lesion"),
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    found = re.search(r"pseudo-labels \(lesion level, score >= 0.85\): (\d+) of (\d+) images kept", log)
+    assert found, log[-4000:]
+    kept, seen = int(found.group(1)), int(found.group(2))
+    assert kept == seen == 4  # lesion level keeps every image (2 unlabeled studies, the corrupt file skipped)
+    # the trainer iterates over labeled + pseudo-labeled views: (4 + 4) / batch 2
+    assert "Iter: 4/4" in log
