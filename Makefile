@@ -29,7 +29,7 @@ $(MODELS)/chest_detector.pt: | $(DATA)/datalist.json
 	$(PY) scripts/train_chest_detector.py --dataset_dir $(DATA) --epochs $(CHEST_EPOCHS) --output $@
 
 train: $(VENV)/.installed $(DATA)/datalist.json $(MODELS)/chest_detector.pt
-	$(BUNDLE) --dataset_dir $(DATA) --ckpt_dir $(MODELS) --epochs $(DEMO_EPOCHS)
+	$(BUNDLE) --dataset_dir $(DATA) --ckpt_dir $(MODELS) --epochs $(DEMO_EPOCHS) --tracking mlflow --output_dir runs
 
 demo: $(VENV)/.installed $(DATA)/datalist.json
 	$(PY) scripts/check_data.py --datalist $(DATA)/datalist.json --dataset_dir $(DATA)
@@ -37,6 +37,8 @@ demo: $(VENV)/.installed $(DATA)/datalist.json
 	$(MAKE) train
 	@echo "synthetic dataset: $(DATA) (datalist.json, studies/*.dcm, labels/*.json); contact sheet: $(DATA)/contact_sheet.png"
 	@echo "chest detector: $(MODELS)/chest_detector.pt; MaligNet: $(MODELS)/model.pt (best val_mean_f1), $(MODELS)/latest_checkpoint_epoch=*.pt (resume)"
+	@echo "MLflow run (losses, val_mean_f1, hyper-parameters, model.pt): runs/mlruns.db -- view with"
+	@echo "  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///runs/mlruns.db --host 127.0.0.1"
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
@@ -46,4 +48,4 @@ test: $(VENV)/.installed lint
 	$(PY) -m pytest
 
 clean:
-	rm -rf $(VENV) $(DATA) $(MODELS)
+	rm -rf $(VENV) $(DATA) $(MODELS) runs
