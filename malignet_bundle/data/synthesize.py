@@ -9,7 +9,6 @@ number of workers, and growing a split does not change the studies already made.
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import os
 from collections import Counter
@@ -285,7 +284,3 @@ def _progress(iterable: object, total: int, enabled: bool) -> object:
 
     return tqdm(iterable, total=total, desc="synthesising studies", unit="study")
 
-
-def load_summary(out_dir: str | os.PathLike) -> dict:
-    """The ``dataset.json`` summary of a generated dataset."""
-    return json.loads((Path(out_dir) / "dataset.json").read_text())
