@@ -31,11 +31,29 @@ def tiny(tmp_path_factory, class_map):
     return root
 
 
-def _train(tiny, name: str, *configs: str, epochs: int = 1, extra: tuple = ()) -> subprocess.CompletedProcess:
+def _free_port() -> int:
+    """A free port on 127.0.0.1: a fixed one may still be held by an earlier run."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train(
+    tiny,
+    name: str,
+    *configs: str,
+    epochs: int = 1,
+    batch_size: int = 2,
+    extra: tuple = (),
+    launcher: tuple = (sys.executable, "-m"),
+    env: dict | None = None,
+) -> subprocess.CompletedProcess:
+    """``monai.bundle run training`` on the tiny dataset; ``launcher`` runs the module (python -m, torchrun)."""
     files = [str(ROOT / "configs" / c) for c in configs]
     command = [
-        sys.executable,
-        "-m",
+        *launcher,
         "monai.bundle",
         "run",
         "training",
@@ -56,10 +74,10 @@ def _train(tiny, name: str, *configs: str, epochs: int = 1, extra: tuple = ()) -
         "--image_size",
         "96",
         "--batch_size",
-        "2",
+        str(batch_size),
         *extra,
     ]
-    return subprocess.run(command, capture_output=True, text=True, cwd=tiny, timeout=900)
+    return subprocess.run(command, capture_output=True, text=True, cwd=tiny, timeout=900, env=env)
 
 
 def test_train_json_trains_malignet_semi_supervised(tiny):
@@ -116,44 +134,17 @@ def test_bad_datalists_stop_with_what_is_wrong(tiny):
 
 def test_multi_gpu_config_runs_two_processes_with_gloo(tiny):
     """torchrun with 2 CPU processes: DDP over gloo, distributed samplers, only rank 0 logs and saves."""
-    import socket
-
-    with socket.socket() as s:  # a free port: a fixed one may still be held by an earlier run
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    configs = str([str(ROOT / "configs" / c) for c in ("train.json", "multi_gpu_train.json")])
-    command = [
+    launcher = (
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nproc_per_node",
         "2",
         "--master_port",
-        str(port),
+        str(_free_port()),
         "-m",
-        "monai.bundle",
-        "run",
-        "training",
-        "--config_file",
-        configs,
-        "--logging_file",
-        str(ROOT / "configs" / "logging.conf"),
-        "--bundle_root",
-        str(ROOT),
-        "--dataset_dir",
-        str(tiny / "data"),
-        "--ckpt_dir",
-        str(tiny / "ddp"),
-        "--chest_detector_path",
-        str(tiny / "chest.pt"),
-        "--epochs",
-        "1",
-        "--image_size",
-        "96",
-        "--batch_size",
-        "1",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=tiny, timeout=900)
+    )
+    result = _train(tiny, "ddp", "train.json", "multi_gpu_train.json", batch_size=1, launcher=launcher)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
     # 4 labeled views, 2 ranks, batch 1: 2 iterations per rank, logged by rank 0 only
@@ -168,15 +159,12 @@ def test_mlflow_tracking_server_receives_the_run(tiny):
     """A real `mlflow server` on 127.0.0.1 (SQLite backend), reached through MLFLOW_TRACKING_URI."""
     import os
     import signal
-    import socket
     import time
     import urllib.request
 
     from mlflow.tracking import MlflowClient
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     server_dir = tiny / "mlflow_server"
     server_dir.mkdir()
     server_log = open(server_dir / "server.log", "wb")  # a file, not a pipe that could fill and stall it
@@ -214,37 +202,13 @@ def test_mlflow_tracking_server_receives_the_run(tiny):
             assert time.monotonic() < deadline, "mlflow server did not become ready in 120 s"
             time.sleep(1)
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-        configs = str([str(ROOT / "configs" / "train.json")])
-        command = [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "run",
-            "training",
-            "--config_file",
-            configs,
-            "--logging_file",
-            str(ROOT / "configs" / "logging.conf"),
-            "--bundle_root",
-            str(ROOT),
-            "--dataset_dir",
-            str(tiny / "data"),
-            "--ckpt_dir",
-            str(tiny / "served"),
-            "--output_dir",
-            str(tiny / "served_out"),
-            "--chest_detector_path",
-            str(tiny / "chest.pt"),
-            "--epochs",
-            "1",
-            "--image_size",
-            "96",
-            "--batch_size",
-            "2",
-            "--tracking",
-            "mlflow",
-        ]
-        result = subprocess.run(command, capture_output=True, text=True, cwd=tiny, timeout=900, env=env)
+        result = _train(
+            tiny,
+            "served",
+            "train.json",
+            env=env,
+            extra=("--output_dir", str(tiny / "served_out"), "--tracking", "mlflow"),
+        )
         assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
         client = MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name("malignet")
