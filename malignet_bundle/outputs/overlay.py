@@ -5,11 +5,16 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from skimage.segmentation import find_boundaries
 
-__all__ = ["CLASS_COLOURS", "window_counts", "render_overlay", "save_contact_sheet"]
+if TYPE_CHECKING:
+    from malignet_bundle.data.class_map import ClassMap
+    from malignet_bundle.outputs.prediction import StudyPrediction
+
+__all__ = ["CLASS_COLOURS", "window_counts", "render_overlay", "save_contact_sheet", "save_study_overlay"]
 
 # Colour per class name, readable on an inverted grey scan (normalised names, see ClassMap).
 CLASS_COLOURS = {
@@ -94,4 +99,47 @@ def save_contact_sheet(
     tmp = out_path.with_name(f".tmp.{out_path.name}")
     fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+    os.replace(tmp, out_path)
+
+
+def save_study_overlay(
+    prediction: StudyPrediction, class_map: ClassMap, out_path: str | os.PathLike, scale: int = 2
+) -> None:
+    """Both views of a study as stored, full resolution, lesions outlined by class; written atomically as PNG.
+
+    The chest crop is drawn in purple; captions and a class legend sit on top.
+
+    Args:
+        prediction: the study's lesions (whole-body stored-pixel coordinates).
+        class_map: label → class name (and colour).
+        out_path: the PNG.
+        scale: integer zoom, so that small lesions stay visible on screen.
+    """
+    from PIL import Image, ImageDraw
+
+    panels = []
+    for view in prediction.views:
+        names = [class_map.name(int(label)) for label in view.labels]
+        rgb = render_overlay(view.image, view.masks, names, view.chest_box)
+        panels.append(np.kron(rgb, np.ones((scale, scale, 1), dtype=np.uint8)))
+    gap, header = 8, 44
+    height = max(p.shape[0] for p in panels) + header
+    width = sum(p.shape[1] for p in panels) + gap * (len(panels) + 1)
+    canvas = Image.new("RGB", (max(width, 320), height), "white")
+    draw = ImageDraw.Draw(canvas)
+    x = gap
+    for view, panel in zip(prediction.views, panels, strict=True):
+        canvas.paste(Image.fromarray(panel), (x, header))
+        draw.text((x, 4), f"{prediction.study_id} {view.view}: {len(view.labels)} lesions", fill="black")
+        x += panel.shape[1] + gap
+    x = gap
+    for name in class_map.names:
+        colour = CLASS_COLOURS.get(name, _FALLBACK_COLOUR)
+        draw.rectangle((x, 22, x + 10, 32), fill=colour)
+        label = name.replace("_", " ")
+        draw.text((x + 14, 21), label, fill="black")
+        x += 20 + int(draw.textlength(label))
+    out_path = Path(out_path)
+    tmp = out_path.with_name(f".tmp.{out_path.name}")
+    canvas.save(tmp, format="PNG")
     os.replace(tmp, out_path)

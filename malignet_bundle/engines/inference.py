@@ -1,0 +1,290 @@
+"""Whole-body inference: NM studies in, lesions in whole-body stored-pixel coordinates out (design §3, §8).
+
+Per view the bundle's view transforms (the same as training's, from the config) select the view, mirror a
+posterior one, run the chest detector and crop and resize the chest; MaligNet finds lesions in the crop;
+:meth:`LesionPredictor.predict_view` maps each mask back through the resize, the crop and the mirroring to
+the frame as stored in the DICOM file. :func:`run_inference` does this for every study of a file, a folder
+or a datalist and writes the outputs of :mod:`malignet_bundle.outputs`, skipping (and logging) a study it
+cannot read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import torch
+import torch.nn.functional as F
+
+from malignet_bundle.data.class_map import ClassMap
+from malignet_bundle.data.datalist import load_datalist, resolve_items
+from malignet_bundle.data.nm_dicom import InputFileError, read_nm_views
+from malignet_bundle.outputs.prediction import StudyPrediction, ViewPrediction
+
+__all__ = [
+    "StudyInput",
+    "collect_studies",
+    "load_weights",
+    "LesionPredictor",
+    "write_study_outputs",
+    "run_inference",
+]
+
+logger = logging.getLogger(__name__)
+
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", "")
+
+
+@dataclass
+class StudyInput:
+    """The items of one study.
+
+    Each item is ``{"image": path, "view": name or None}`` (None: every view in the file), plus ``label``
+    (annotation path) for datalist items that have one.
+    """
+
+    study_id: str
+    items: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _safe_id(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "study"
+
+
+def _unique_ids(studies: list[StudyInput]) -> list[StudyInput]:
+    seen: dict[str, int] = {}
+    for study in studies:
+        base = _safe_id(study.study_id)
+        seen[base] = seen.get(base, 0) + 1
+        study.study_id = base if seen[base] == 1 else f"{base}_{seen[base]}"
+    return studies
+
+
+def collect_studies(
+    source: str | os.PathLike, dataset_dir: str | os.PathLike | None = None, split: str = "test"
+) -> list[StudyInput]:
+    """Studies to run on, from a DICOM file, a folder of DICOM files, or a datalist JSON.
+
+    A folder is searched recursively for files with a DICOM suffix (or none); files of one StudyInstanceUID
+    form one study (one multi-frame file, or one single-frame file per view). A datalist's ``split`` items
+    are grouped by ``patient_id``. A file whose header cannot be read becomes a study of its own, so that
+    the run reports it instead of losing it.
+
+    Args:
+        source: the file, folder or ``.json`` datalist.
+        dataset_dir: folder the datalist's paths are relative to (default: the datalist's folder).
+        split: datalist split to run on.
+    """
+    source = Path(source)
+    if source.suffix.lower() == ".json":
+        root = Path(dataset_dir) if dataset_dir is not None else source.parent
+        items = resolve_items(load_datalist(source)[split], root)
+        if not items:
+            raise ValueError(f"{source}: the {split!r} split is empty")
+        grouped: dict[str, StudyInput] = {}
+        for item in items:
+            key = str(item.get("patient_id") or Path(item["image"]).stem)
+            entry = {"image": item["image"], "view": item.get("view")}
+            if "label" in item:  # kept for pictures and checks against the ground truth
+                entry["label"] = item["label"]
+            grouped.setdefault(key, StudyInput(key)).items.append(entry)
+        return _unique_ids(list(grouped.values()))
+    if source.is_file():
+        return _unique_ids([StudyInput(source.stem, [{"image": str(source), "view": None}])])
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source}: no such DICOM file, folder or datalist")
+    files = sorted(
+        p
+        for p in source.rglob("*")
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in DICOM_SUFFIXES
+    )
+    by_study: dict[str, StudyInput] = {}
+    for path in files:
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+            key = str(header.get("StudyInstanceUID") or path)
+            name = str(header.get("PatientID") or path.stem)
+        except Exception:  # unreadable: keep it as its own study so the run names it and the reason
+            key, name = str(path), path.stem
+        by_study.setdefault(key, StudyInput(name)).items.append({"image": str(path), "view": None})
+    if not by_study:
+        raise ValueError(f"{source}: no DICOM files (suffixes {', '.join(s or 'none' for s in DICOM_SUFFIXES)})")
+    return _unique_ids(list(by_study.values()))
+
+
+def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+    """Load a bundle checkpoint into ``network`` with ``weights_only=True`` (a foreign file cannot run code).
+
+    Accepts ``model.pt`` (a state dict) and training checkpoints (``{"model": state dict, ...}``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found; train a model first (make train)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
+        state = state["model"]
+    module = network.module if hasattr(network, "module") else network
+    module.load_state_dict(state)
+    return network
+
+
+class LesionPredictor:
+    """MaligNet on one whole-body view, with its lesions mapped back to the stored frame.
+
+    Args:
+        network: MaligNet (weights loaded), returning torchvision detections in eval mode.
+        preprocessing: the bundle's view transforms: ``{"image": path, "view": name}`` → a dict with the
+            chest crop ``image`` (1, h, w), ``crop_box`` (x0, y0, x1, y1) in the view's pixels, and the
+            view's ``mirrored`` flag in the image's meta (``SelectViewd``).
+        device: where the network runs.
+        mask_threshold: probability above which a pixel belongs to a lesion.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        preprocessing: Callable[[dict], Mapping[str, Any]],
+        device: str | torch.device = "cpu",
+        mask_threshold: float = 0.5,
+    ) -> None:
+        self.network = network.to(device).eval()
+        self.preprocessing, self.device, self.mask_threshold = preprocessing, torch.device(device), mask_threshold
+
+    @torch.no_grad()
+    def predict_view(self, path: str | os.PathLike, view: str, frame_index: int, frame: np.ndarray) -> ViewPrediction:
+        """Lesions of ``view`` of ``path`` in the coordinates of ``frame`` (the view as stored)."""
+        data = self.preprocessing({"image": str(path), "view": view})
+        image = data["image"]
+        mirrored = bool(getattr(image, "meta", {}).get("mirrored", view == "posterior"))
+        crop = torch.as_tensor(image, dtype=torch.float32)
+        detections = self.network([crop.to(self.device)])[0]
+        height, width = frame.shape
+        left, top, right, bottom = (int(v) for v in torch.as_tensor(data["crop_box"]).tolist())
+        probabilities = detections["masks"].float().cpu()  # (N, 1, h, w) over the resized crop
+        if probabilities.shape[0]:
+            probabilities = F.interpolate(probabilities, size=(bottom - top, right - left), mode="bilinear")
+        masks = np.zeros((probabilities.shape[0], height, width), dtype=bool)
+        masks[:, top:bottom, left:right] = (probabilities[:, 0] >= self.mask_threshold).numpy()
+        chest_box = (float(left), float(top), float(right), float(bottom))
+        if mirrored:  # back from the anterior orientation the network saw to the stored posterior frame
+            masks = masks[:, :, ::-1].copy()
+            chest_box = (float(width - right), float(top), float(width - left), float(bottom))
+        # highest score first (report ids and label-image instances follow this order); a lesion can vanish
+        # when scaled down to a tiny crop
+        scores = detections["scores"].float().cpu().numpy()
+        keep = np.argsort(-scores, kind="stable")
+        keep = keep[masks[keep].reshape(len(keep), -1).any(1)]
+        return ViewPrediction(
+            view=view,
+            frame_index=frame_index,
+            image=frame,
+            masks=masks[keep],
+            labels=detections["labels"].cpu().numpy()[keep].astype(np.int64),
+            scores=scores[keep],
+            chest_box=chest_box,
+        )
+
+    def predict_study(self, study: StudyInput) -> StudyPrediction:
+        """Every view of ``study``; raises :class:`InputFileError` naming the file that cannot be used."""
+        prediction: StudyPrediction | None = None
+        for item in study.items:
+            nm = read_nm_views(item["image"])
+            views = [item["view"]] if item.get("view") else nm.views
+            if prediction is None:
+                prediction = StudyPrediction(study.study_id, [], [], nm.spacing)
+            elif tuple(nm.spacing) != tuple(prediction.spacing):
+                raise InputFileError(item["image"], f"pixel spacing {nm.spacing} differs from the study's")
+            for view in views:
+                if view not in nm.views:
+                    raise InputFileError(item["image"], f"view {view!r} not in file (has {nm.views})")
+                if any(v.view == view for v in prediction.views):
+                    raise InputFileError(item["image"], f"the study already has a {view} view")
+                index = nm.views.index(view)
+                prediction.views.append(self.predict_view(item["image"], view, index, nm.frames[index]))
+                prediction.source_paths.append(item["image"])
+                prediction.datasets.append(nm.dataset)
+        if prediction is None:
+            raise ValueError(f"study {study.study_id} has no images")
+        return prediction
+
+
+def write_study_outputs(
+    prediction: StudyPrediction,
+    class_map: ClassMap,
+    output_dir: str | os.PathLike,
+    model: Mapping[str, Any] | None = None,
+    dicom_seg: bool = True,
+) -> dict[str, Path]:
+    """Write the outputs of design §8 for one study to ``output_dir/<study_id>/``, each file atomically.
+
+    Returns the written paths: ``report`` (JSON), ``overlay`` (PNG of both views), ``nifti_<view>``
+    (instance-label NIfTI per view, with its ``.classes.json``; re-importable as an annotation) and
+    ``seg_<view>`` (DICOM SEG per view referencing its frame of the source NM instance).
+    """
+    from malignet_bundle.data.annotations import write_instance_label_image
+    from malignet_bundle.outputs.overlay import save_study_overlay
+    from malignet_bundle.outputs.report import write_report
+
+    folder = Path(output_dir) / prediction.study_id
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {"report": folder / "report.json", "overlay": folder / "overlay.png"}
+    write_report(prediction, class_map, written["report"], model=dict(model) if model else None)
+    save_study_overlay(prediction, class_map, written["overlay"])
+    for view in prediction.views:
+        path = folder / f"{view.view}_instances.nii.gz"
+        names = [class_map.name(int(label)) for label in view.labels]
+        write_instance_label_image(path, view.masks, names, prediction.spacing)
+        written[f"nifti_{view.view}"] = path
+    if dicom_seg:
+        from malignet_bundle.outputs.dicom_seg import write_dicom_segs
+
+        version = str((model or {}).get("bundle_version", "0.1.0"))
+        for view, path in zip(prediction.views, write_dicom_segs(prediction, class_map, folder, version), strict=True):
+            written[f"seg_{view.view}"] = path
+    return written
+
+
+def run_inference(
+    studies: Sequence[StudyInput],
+    predictor: LesionPredictor,
+    class_map: ClassMap,
+    output_dir: str | os.PathLike,
+    model: Mapping[str, Any] | None = None,
+    dicom_seg: bool = True,
+    progress: bool = True,
+) -> dict[str, list]:
+    """Predict and write every study; a study that cannot be read is logged with its reason and skipped.
+
+    Returns ``{"written": [study ids], "skipped": [(study id, reason)]}``, also written as
+    ``output_dir/summary.json``.
+    """
+    from malignet_bundle.data.annotations import write_json_atomic
+
+    summary: dict[str, list] = {"written": [], "skipped": []}
+    iterator: Any = studies
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(studies, desc="inference", unit="study")
+    for study in iterator:
+        try:
+            prediction = predictor.predict_study(study)
+        except (InputFileError, ValueError, KeyError) as e:
+            logger.warning("skipping study %s: %s", study.study_id, e)
+            summary["skipped"].append([study.study_id, str(e)])
+            continue
+        write_study_outputs(prediction, class_map, output_dir, model=model, dicom_seg=dicom_seg)
+        summary["written"].append(study.study_id)
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(summary, Path(output_dir) / "summary.json")
+    logger.info(
+        "inference: %d studies written to %s, %d skipped", len(summary["written"]), output_dir, len(summary["skipped"])
+    )
+    return summary

@@ -1,0 +1,158 @@
+"""Files an evaluation leaves behind: metrics JSON, per-image CSV, confusion-matrix and FROC plots, Markdown table.
+
+Every file is written through a temporary name and an atomic rename, so an interrupted evaluation never
+leaves a half-written report that looks complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from malignet_bundle.data.annotations import write_json_atomic
+
+__all__ = [
+    "write_text_atomic",
+    "write_metrics_json",
+    "write_per_image_csv",
+    "plot_confusion_matrix",
+    "plot_froc",
+    "markdown_tables",
+]
+
+
+def write_text_atomic(text: str, path: str | os.PathLike) -> None:
+    """Write ``text`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp.{path.name}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_per_image_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
+    """One CSV row per evaluated image; the columns are the union of the rows' keys, in first-seen order."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(buffer.getvalue(), path)
+
+
+def _save_figure(fig: Any, path: str | os.PathLike) -> None:
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp.{path.name}")
+    fig.savefig(tmp, dpi=120, format="png", bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_confusion_matrix(counts: np.ndarray, class_names: Sequence[str], path: str | os.PathLike) -> None:
+    """Row-normalised confusion matrix of matched lesions (thesis Fig. 17), counts in brackets.
+
+    Args:
+        counts: (C, C) matched lesions, rows ground-truth class, columns predicted class.
+        class_names: the C class names.
+        path: PNG to write.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(counts, dtype=float)
+    totals = counts.sum(1, keepdims=True)
+    normalised = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    labels = [n.replace("_", " ") for n in class_names]
+    fig, ax = plt.subplots(figsize=(1.3 * len(labels) + 2.5, 1.1 * len(labels) + 1.8))
+    ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            colour = "white" if normalised[i, j] > 0.6 else "black"
+            ax.text(j, i, f"{normalised[i, j]:.2f}\n({int(counts[i, j])})", ha="center", va="center", color=colour)
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("ground-truth class")
+    ax.set_title("lesion classification (matched lesions, row-normalised)")
+    _save_figure(fig, path)
+
+
+def plot_froc(
+    fp_per_image: Sequence[float],
+    sensitivity: Sequence[float],
+    operating_points: Mapping[float, float],
+    path: str | os.PathLike,
+) -> None:
+    """FROC curve: lesion sensitivity against false positives per image, log x axis, operating points marked.
+
+    Args:
+        fp_per_image: the curve's x values (ascending).
+        sensitivity: the curve's y values.
+        operating_points: ``{false positives per image: sensitivity}`` at the reported rates.
+        path: PNG to write.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    x = np.asarray(fp_per_image, dtype=float)
+    y = np.asarray(sensitivity, dtype=float)
+    if x.size:
+        ax.step(np.maximum(x, 1e-3), y, where="post", label="FROC")
+    rates = sorted(operating_points)
+    ax.plot(rates, [operating_points[r] for r in rates], "o", label="reported rates")
+    ax.set_xscale("log", base=2)
+    ax.set_xlim(min(rates) / 2 if rates else 1 / 16, max(rates) * 2 if rates else 16)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("false positives per image")
+    ax.set_ylabel("lesion sensitivity")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    _save_figure(fig, path)
+
+
+def markdown_tables(per_class: Mapping[str, Mapping[str, float]], columns: Sequence[str], title: str = "") -> str:
+    """A Markdown table, one row per class (or summary row), one column per metric, three decimals.
+
+    Args:
+        per_class: ``{row name: {metric: value}}``.
+        columns: metric names to show, in order.
+        title: optional line above the table.
+    """
+    lines = [f"**{title}**", ""] if title else []
+    lines.append("| | " + " | ".join(c.replace("_", " ") for c in columns) + " |")
+    lines.append("|---|" + "---:|" * len(columns))
+    for name, values in per_class.items():
+        cells = [f"{values[c]:.3f}" if isinstance(values.get(c), float) else str(values.get(c, "")) for c in columns]
+        lines.append(f"| {name.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_metrics_json(scalars: Mapping[str, float], detail: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """``{"metrics": scalars, "detail": detail}`` as JSON (numpy values turned into plain numbers)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple, np.ndarray)):
+            return [plain(v) for v in value]
+        if isinstance(value, np.generic):
+            return value.item()
+        return value
+
+    write_json_atomic({"metrics": plain(scalars), "detail": plain(detail)}, path)

@@ -1,0 +1,57 @@
+"""Ground truth beside prediction for studies of a split (thesis Figs. 15–16), as one PNG.
+
+Each row is one study: anterior ground truth, anterior prediction, posterior ground truth, posterior
+prediction, lesion contours coloured by class. The model and its preprocessing come from
+``configs/inference.json``; the options below override its IDs of the same name.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from monai.bundle import ConfigParser
+
+from malignet_bundle.data.annotations import load_annotation
+from malignet_bundle.engines.inference import collect_studies
+from malignet_bundle.outputs.overlay import render_overlay, save_contact_sheet
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config_file", default="configs/inference.json")
+    parser.add_argument("--studies", type=int, default=6, help="how many studies (rows)")
+    parser.add_argument("--out", required=True, help="PNG to write")
+    parser.add_argument("--bundle_root", default=None)
+    parser.add_argument("--dataset_dir", default=None)
+    parser.add_argument("--ckpt_dir", default=None, help="folder of model.pt and chest_detector.pt")
+    parser.add_argument("--split", default=None, help="datalist split (default: the config's, test)")
+    parser.add_argument("--score_threshold", type=float, default=None)
+    args = parser.parse_args(argv)
+    config = ConfigParser()
+    config.read_config(args.config_file)
+    for key in ("bundle_root", "dataset_dir", "ckpt_dir", "split", "score_threshold"):
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
+    predictor = config.get_parsed_content("predictor")
+    class_map = config.get_parsed_content("class_map")
+    input_path, dataset_dir = config.get_parsed_content("input"), config.get_parsed_content("dataset_dir")
+    studies = collect_studies(input_path, dataset_dir, config.get_parsed_content("split"))[: args.studies]
+    panels = []
+    for study in studies:
+        prediction = predictor.predict_study(study)
+        labels = {item.get("view"): item.get("label") for item in study.items}
+        for view in prediction.views:
+            annotation_path = labels.get(view.view) or labels.get(None)
+            if annotation_path:
+                truth = load_annotation(annotation_path, view.image.shape, view=view.view)
+                gt = render_overlay(view.image, truth.masks, truth.class_names, view.chest_box)
+                panels.append((f"{study.study_id} {view.view}\nground truth ({len(truth.class_names)})", gt))
+            names = [class_map.name(int(label)) for label in view.labels]
+            pred = render_overlay(view.image, view.masks, names, view.chest_box)
+            panels.append((f"{study.study_id} {view.view}\nprediction ({len(names)})", pred))
+    save_contact_sheet(panels, args.out, columns=4, title="ground truth | prediction (chest crop in purple)")
+    print(f"wrote {args.out} ({len(studies)} studies)")
+
+
+if __name__ == "__main__":
+    main()

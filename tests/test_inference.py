@@ -1,0 +1,216 @@
+"""Whole-body inference: study discovery, mapping crops back to stored frames, outputs through the bundle runner."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from monai.transforms import Compose, LoadImaged, ScaleIntensityRangePercentilesd
+
+from malignet_bundle.data.annotations import load_annotation
+from malignet_bundle.data.datalist import load_datalist
+from malignet_bundle.data.reader import NMWholeBodyReader
+from malignet_bundle.data.synthesize import synthesize_study, write_study
+from malignet_bundle.engines.inference import LesionPredictor, StudyInput, collect_studies, write_study_outputs
+from malignet_bundle.transforms.geometry import CropToChestd
+from malignet_bundle.transforms.io import LoadAnnotationd, SelectViewd
+
+from .conftest import ROOT
+
+
+class OracleNetwork(torch.nn.Module):
+    """Returns the ground-truth masks of the crop it is given, as a perfect detector would.
+
+    The predictor is under test here, not the network: if the masks come back to the wrong place in the
+    stored frame (crop offset, resize, posterior mirroring), they miss the ground truth.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.current: dict | None = None
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict]:
+        masks = torch.as_tensor(self.current["masks"]).float()[:, None]
+        n = masks.shape[0]
+        return [
+            {"masks": masks, "labels": torch.as_tensor(self.current["labels"]), "scores": torch.linspace(1, 0.5, n)}
+        ]
+
+
+def _oracle_predictor(class_map) -> LesionPredictor:
+    oracle = OracleNetwork()
+    chain = Compose(
+        [
+            LoadImaged("image", reader=NMWholeBodyReader(), image_only=True),
+            LoadAnnotationd("label", class_map=class_map),
+            SelectViewd("image"),
+            ScaleIntensityRangePercentilesd("image", 0, 99.5, 0.0, 1.0),
+            CropToChestd("image", spatial_size=320, margin=0.05),
+        ]
+    )
+
+    def preprocessing(item: dict) -> dict:
+        data = chain({**item, "label": item["image"].replace("studies", "labels").replace(".dcm", ".json")})
+        oracle.current = data
+        return data
+
+    return LesionPredictor(oracle, preprocessing)
+
+
+def _study(dataset, split="test") -> StudyInput:
+    return collect_studies(dataset / "datalist.json", split=split)[0]
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def _check_segs(written, prediction, class_map):
+    """Each view's SEG reads back with highdicom, names its source frame, and equals the class unions."""
+    from malignet_bundle.outputs.dicom_seg import read_dicom_seg_masks
+
+    for number, view in enumerate(prediction.views, start=1):
+        path = written[f"seg_{view.view}"]
+        uid, frame, masks = read_dicom_seg_masks(path)
+        assert uid == prediction.datasets[number - 1].SOPInstanceUID
+        assert frame == view.frame_index + 1
+        assert masks.shape == (*view.image.shape, class_map.num_classes)
+        for label in range(1, class_map.num_classes + 1):
+            expected = view.masks[view.labels == label].any(0) if (view.labels == label).any() else 0
+            assert np.array_equal(masks[..., label - 1], np.zeros_like(masks[..., 0]) | expected), (view.view, label)
+        assert masks.any()
+        if shutil.which("dciodvfy"):
+            check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+            errors = [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
+            assert not errors, errors
+
+
+def test_masks_come_back_onto_the_lesions_of_the_stored_frames(synthetic_dataset, class_map):
+    study = _study(synthetic_dataset, "labeled")
+    prediction = _oracle_predictor(class_map).predict_study(study)
+    assert [v.view for v in prediction.views] == ["anterior", "posterior"]
+    for view in prediction.views:
+        truth = load_annotation(study.items[0]["label"], view.image.shape, view=view.view)
+        assert view.masks.shape[1:] == view.image.shape
+        x0, y0, x1, y1 = (int(v) for v in view.chest_box)
+        inside = [m for m in truth.masks if m.sum() == m[y0:y1, x0:x1].sum()]  # lesions wholly in the crop
+        assert len(truth.masks) >= len(view.masks) >= len(inside) > 0
+        inter = (view.masks[:, None] & truth.masks[None]).sum((2, 3))
+        union = (view.masks[:, None] | truth.masks[None]).sum((2, 3))
+        best = (inter / np.maximum(union, 1)).max(1)
+        # resize down to 320 and back costs a little; a wrong offset or mirroring would give ~0
+        assert best.min() > 0.5 and best.mean() > 0.7, (view.view, best)
+        truth_box = truth.chest_box
+        assert abs(x0 - truth_box[0]) < 0.1 * 256 + 2 and abs(x1 - truth_box[2]) < 0.1 * 256 + 2
+        assert abs(y0 - truth_box[1]) < 0.1 * 1024 + 2
+
+
+def test_studies_from_file_folder_and_datalist(tmp_path, synthetic_dataset, class_map):
+    write_study(synthesize_study([3, 1], "MULTI"), tmp_path / "in", class_map)
+    write_study(synthesize_study([3, 2], "SINGLE"), tmp_path / "in", class_map, layout="single")
+    (tmp_path / "in" / "studies" / "notes.txt").write_text("not an image")
+    (tmp_path / "in" / "studies" / "broken.dcm").write_bytes(b"\x00" * 300)
+    studies = collect_studies(tmp_path / "in" / "studies")
+    by_files = sorted(sorted(it["image"].rsplit("/", 1)[-1] for it in s.items) for s in studies)
+    assert len(studies) == 3  # the multi-frame study, the two single-frame files of one study, the broken file
+    assert ["broken.dcm"] in by_files
+    assert sorted(len(s.items) for s in studies) == [1, 1, 2]
+    assert sorted(s.study_id for s in studies) == ["MULTI", "SINGLE", "broken"]
+    one = collect_studies(tmp_path / "in" / "studies" / "broken.dcm")
+    assert len(one) == 1 and one[0].items[0]["view"] is None
+    from_list = collect_studies(synthetic_dataset / "datalist.json", split="labeled")
+    datalist = load_datalist(synthetic_dataset / "datalist.json")
+    assert len(from_list) == len({it["patient_id"] for it in datalist["labeled"]})
+    assert all(len(s.items) == 2 and all("label" in it for it in s.items) for s in from_list)
+    with pytest.raises(FileNotFoundError, match="no such DICOM file"):
+        collect_studies(tmp_path / "missing")
+
+
+def test_report_coordinates_land_on_the_lesions(tmp_path, synthetic_dataset, class_map):
+    from pycocotools import mask as mask_utils
+
+    study = _study(synthetic_dataset, "labeled")
+    source = study.items[0]["image"]
+    before = _sha(source)
+    prediction = _oracle_predictor(class_map).predict_study(study)
+    written = write_study_outputs(prediction, class_map, tmp_path / "out")
+    assert _sha(source) == before
+    assert set(written) >= {"report", "overlay", "nifti_anterior", "nifti_posterior", "seg_anterior", "seg_posterior"}
+    _check_segs(written, prediction, class_map)
+    report = json.loads(written["report"].read_text())
+    truth = {
+        v.view: load_annotation(study.items[0]["label"], v.image.shape, view=v.view).masks for v in prediction.views
+    }
+    lesions = report["lesions"]
+    assert len(lesions) == sum(len(v.masks) for v in prediction.views) > 0
+    for lesion in lesions:
+        mask = mask_utils.decode(lesion["mask"]).astype(bool)
+        gt = truth[lesion["view"]]
+        iou = (mask[None] & gt).sum((1, 2)) / np.maximum((mask[None] | gt).sum((1, 2)), 1)
+        assert iou.max() > 0.5, lesion["id"]
+        x0, y0, x1, y1 = lesion["box"]
+        assert gt[int(iou.argmax()), int(y0) : int(y1), int(x0) : int(x1)].any()
+
+
+def test_inference_json_writes_all_outputs_and_skips_a_broken_study(tmp_path, synthetic_dataset, class_map):
+    from malignet_bundle.engines.chest_detector import train_chest_detector
+    from malignet_bundle.networks.malignet import MaligNet
+
+    datalist = load_datalist(synthetic_dataset / "datalist.json")
+    train_chest_detector(
+        datalist, synthetic_dataset, class_map, tmp_path / "chest_detector.pt", epochs=1, batch_size=4, progress=False
+    )
+    torch.manual_seed(0)
+    torch.save(MaligNet(num_classes=class_map.num_classes + 1).state_dict(), tmp_path / "model.pt")
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    source = synthetic_dataset / datalist["test"][0]["image"]
+    shutil.copy(source, studies / "study.dcm")
+    (studies / "broken.dcm").write_bytes(b"\x00not dicom" * 64)
+    hashes = {p.name: _sha(p) for p in studies.iterdir()}
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(ROOT / "configs" / "inference.json"),
+        "--bundle_root",
+        str(ROOT),
+        "--ckpt_dir",
+        str(tmp_path),
+        "--input",
+        str(studies),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--score_threshold",
+        "0.0",
+        "--progress",
+        "false",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {p.name: _sha(p) for p in studies.iterdir()} == hashes  # inputs untouched
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert len(summary["written"]) == 1
+    assert [s[0] for s in summary["skipped"]] == ["broken"] and "broken.dcm" in summary["skipped"][0][1]
+    out = tmp_path / "out" / summary["written"][0]
+    names = {p.name for p in out.iterdir()}
+    expected = {"report.json", "overlay.png", "seg_anterior.dcm", "seg_posterior.dcm", "anterior_instances.nii.gz"}
+    assert expected | {"posterior_instances.nii.gz"} <= names
+    assert not [n for n in names if n.startswith(".tmp")]
+    report = json.loads((out / "report.json").read_text())
+    assert report["lesions"], "an untrained network at score threshold 0 still returns detections"
+    for view in ("anterior", "posterior"):
+        reported = [les for les in report["lesions"] if les["view"] == view]
+        classes = json.loads((out / f"{view}_instances.classes.json").read_text())
+        # instance k of the label image is lesion "<view>-k" of the report (overlaps: the later one shows)
+        assert classes == {les["id"].split("-")[1]: les["class_name"] for les in reported}
+        nifti = load_annotation(out / f"{view}_instances.nii.gz", (1024, 256))
+        assert 0 < len(nifti.masks) <= len(reported)
