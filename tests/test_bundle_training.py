@@ -49,14 +49,15 @@ def _train(
     extra: tuple = (),
     launcher: tuple = (sys.executable, "-m"),
     env: dict | None = None,
+    run_id: str = "training",
 ) -> subprocess.CompletedProcess:
-    """``monai.bundle run training`` on the tiny dataset; ``launcher`` runs the module (python -m, torchrun)."""
+    """``monai.bundle run <run_id>`` on the tiny dataset; ``launcher`` runs the module (python -m, torchrun)."""
     files = [str(ROOT / "configs" / c) for c in configs]
     command = [
         *launcher,
         "monai.bundle",
         "run",
-        "training",
+        run_id,
         "--config_file",
         str(files),
         "--logging_file",
@@ -118,6 +119,34 @@ def test_baseline_json_trains_plain_mask_rcnn(tiny):
     assert "loss_ladder" not in log and "loss_mask" in log
     state = torch.load(tiny / "baseline" / "model.pt", weights_only=True)
     MaligNet(image_size=96, ladder=False, global_features=False).load_state_dict(state)
+
+
+def test_evaluate_json_writes_the_report_and_logs_to_mlflow(tiny):
+    from mlflow.tracking import MlflowClient
+
+    (tiny / "evaluate").mkdir()
+    torch.manual_seed(0)
+    torch.save(MaligNet(image_size=96).state_dict(), tiny / "evaluate" / "model.pt")
+    out = tiny / "evaluate_out"
+    extra = ("--tracking", "mlflow", "--output_dir", str(out), "--network_def#box_score_thresh", "0.0")
+    result = _train(tiny, "evaluate", "train.json", "evaluate.json", extra=extra, run_id="evaluating")
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    assert "Restored all variables from" in log and "model.pt" in log
+    report = out / "evaluation"
+    assert {"metrics.json", "per_image.csv", "confusion_matrix.png", "froc.png", "metrics.md"} <= {
+        p.name for p in report.iterdir()
+    }
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["detail"]["images"] == 2  # the test split: one study, two views
+    assert len((report / "per_image.csv").read_text().splitlines()) == 3
+    assert "Table 4" in (report / "metrics.md").read_text()
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")
+    (run,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert {"test_mean_f1", "test_ap", "test_froc_cpm", "test_metastasis_patient_f1"} <= set(run.data.metrics)
+    assert metrics["metrics"]["test_mean_f1"] == pytest.approx(run.data.metrics["test_mean_f1"])
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert {"metrics.json", "froc.png"} <= set(artifacts)
 
 
 def test_bad_datalists_stop_with_what_is_wrong(tiny):

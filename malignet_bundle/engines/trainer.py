@@ -29,6 +29,8 @@ __all__ = [
 ]
 
 TARGET_KEYS = ("boxes", "labels", "masks")
+# Item identifiers carried into the targets when present, so evaluation can report per image and patient.
+IDENTIFIER_KEYS = ("patient_id", "view", "image_path")
 
 
 class WeightedLossSum:
@@ -65,7 +67,11 @@ def prepare_detection_batch(
     non_blocking: bool = False,
     **kwargs: Any,
 ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]] | None]:
-    """Uncollated batch (``no_collation``) → (images, targets); targets None when items have no masks."""
+    """Uncollated batch (``no_collation``) → (images, targets); targets None when items have no masks.
+
+    Targets hold ``boxes``, ``labels``, ``masks`` and, when the items have them, the identifiers
+    ``patient_id``, ``view`` and ``image_path`` (plain strings, for per-image and per-patient reports).
+    """
     items = [batchdata] if isinstance(batchdata, Mapping) else list(batchdata)
     images = [torch.as_tensor(it["image"]).to(device=device, non_blocking=non_blocking) for it in items]
     if not all("masks" in it for it in items):
@@ -73,9 +79,10 @@ def prepare_detection_batch(
     targets = [
         {k: torch.as_tensor(it[k]).to(device=device, non_blocking=non_blocking) for k in TARGET_KEYS} for it in items
     ]
-    for t in targets:
+    for t, it in zip(targets, items, strict=True):
         t["masks"] = (t["masks"] > 0.5).to(torch.uint8)
         t["labels"] = t["labels"].long()
+        t.update({k: str(it[k]) for k in IDENTIFIER_KEYS if k in it})
     return images, targets
 
 
