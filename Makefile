@@ -10,8 +10,13 @@ MODELS := models
 DEMO_EPOCHS ?= 3
 CHEST_EPOCHS ?= 25
 BUNDLE := $(PY) -m monai.bundle run training --config_file configs/train.json --logging_file configs/logging.conf
+EVALUATE := $(PY) -m monai.bundle run evaluating --config_file "['configs/train.json','configs/evaluate.json']" \
+	--logging_file configs/logging.conf
+INFER := $(PY) -m monai.bundle run inferring --config_file configs/inference.json --logging_file configs/logging.conf
+# studies of the test split the demo runs whole-body inference on
+DEMO_INFER_STUDIES ?= 4
 
-.PHONY: venv demo data train test lint clean
+.PHONY: venv demo data train evaluate infer test lint clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,13 +36,23 @@ $(MODELS)/chest_detector.pt: | $(DATA)/datalist.json
 train: $(VENV)/.installed $(DATA)/datalist.json $(MODELS)/chest_detector.pt
 	$(BUNDLE) --dataset_dir $(DATA) --ckpt_dir $(MODELS) --epochs $(DEMO_EPOCHS) --tracking mlflow --output_dir runs
 
+evaluate: $(VENV)/.installed
+	$(EVALUATE) --dataset_dir $(DATA) --ckpt_dir $(MODELS) --tracking mlflow --output_dir runs
+
+infer: $(VENV)/.installed
+	$(INFER) --dataset_dir $(DATA) --ckpt_dir $(MODELS) --output_dir runs/inference --max_studies $(DEMO_INFER_STUDIES)
+
 demo: $(VENV)/.installed $(DATA)/datalist.json
 	$(PY) scripts/check_data.py --datalist $(DATA)/datalist.json --dataset_dir $(DATA)
 	$(PY) scripts/contact_sheet.py --dataset_dir $(DATA) --out $(DATA)/contact_sheet.png
 	$(MAKE) train
+	$(MAKE) evaluate
+	$(MAKE) infer
 	@echo "synthetic dataset: $(DATA) (datalist.json, studies/*.dcm, labels/*.json); contact sheet: $(DATA)/contact_sheet.png"
 	@echo "chest detector: $(MODELS)/chest_detector.pt; MaligNet: $(MODELS)/model.pt (best val_mean_f1), $(MODELS)/latest_checkpoint_epoch=*.pt (resume)"
-	@echo "MLflow run (losses, val_mean_f1, hyper-parameters, model.pt): runs/mlruns.db -- view with"
+	@echo "evaluation on the test split: runs/evaluation/ (metrics.md, metrics.json, per_image.csv, confusion_matrix.png, froc.png)"
+	@echo "whole-body inference: runs/inference/<study>/ (report.json, overlay.png, *_instances.nii.gz, seg_*.dcm)"
+	@echo "MLflow runs (training losses, val_mean_f1, test metrics, hyper-parameters, model.pt): runs/mlruns.db -- view with"
 	@echo "  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///runs/mlruns.db --host 127.0.0.1"
 
 lint: $(VENV)/.installed

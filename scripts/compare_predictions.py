@@ -1,7 +1,8 @@
 """Ground truth beside prediction for studies of a split (thesis Figs. 15–16), as one PNG.
 
 Each row is one study: anterior ground truth, anterior prediction, posterior ground truth, posterior
-prediction, lesion contours coloured by class. The model and its preprocessing come from
+prediction, lesion contours coloured by class, zoomed to the chest crop the network saw (``--whole_body``
+shows the whole view). The model and its preprocessing come from
 ``configs/inference.json``; the options below override its IDs of the same name.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
 from monai.bundle import ConfigParser
 
 from malignet_bundle.data.annotations import load_annotation
@@ -26,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ckpt_dir", default=None, help="folder of model.pt and chest_detector.pt")
     parser.add_argument("--split", default=None, help="datalist split (default: the config's, test)")
     parser.add_argument("--score_threshold", type=float, default=None)
+    parser.add_argument("--whole_body", action="store_true", help="whole views instead of the chest crops")
     args = parser.parse_args(argv)
     config = ConfigParser()
     config.read_config(args.config_file)
@@ -37,6 +40,13 @@ def main(argv: list[str] | None = None) -> None:
     input_path, dataset_dir = config.get_parsed_content("input"), config.get_parsed_content("dataset_dir")
     studies = collect_studies(input_path, dataset_dir, config.get_parsed_content("split"))[: args.studies]
     panels = []
+
+    def zoom(rgb: np.ndarray, box: tuple[float, ...]) -> np.ndarray:
+        if args.whole_body:
+            return rgb
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        return rgb[max(y0 - 4, 0) : y1 + 4, max(x0 - 4, 0) : x1 + 4]
+
     for study in studies:
         prediction = predictor.predict_study(study)
         labels = {item.get("view"): item.get("label") for item in study.items}
@@ -44,12 +54,13 @@ def main(argv: list[str] | None = None) -> None:
             annotation_path = labels.get(view.view) or labels.get(None)
             if annotation_path:
                 truth = load_annotation(annotation_path, view.image.shape, view=view.view)
-                gt = render_overlay(view.image, truth.masks, truth.class_names, view.chest_box)
+                gt = zoom(render_overlay(view.image, truth.masks, truth.class_names, view.chest_box), view.chest_box)
                 panels.append((f"{study.study_id} {view.view}\nground truth ({len(truth.class_names)})", gt))
             names = [class_map.name(int(label)) for label in view.labels]
-            pred = render_overlay(view.image, view.masks, names, view.chest_box)
+            pred = zoom(render_overlay(view.image, view.masks, names, view.chest_box), view.chest_box)
             panels.append((f"{study.study_id} {view.view}\nprediction ({len(names)})", pred))
-    save_contact_sheet(panels, args.out, columns=4, title="ground truth | prediction (chest crop in purple)")
+    size = (3.0, 6.2) if args.whole_body else (3.0, 2.9)
+    save_contact_sheet(panels, args.out, columns=4, title="ground truth | prediction", panel_inches=size)
     print(f"wrote {args.out} ({len(studies)} studies)")
 
 

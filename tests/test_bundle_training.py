@@ -95,7 +95,9 @@ def test_train_json_trains_malignet_semi_supervised(tiny):
     (run,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
     assert {"train_loss", "epoch_loss", "train_loss_ladder", "train_loss_mask", "val_mean_f1"} <= set(run.data.metrics)
     assert {"learning_rate", "batch_size", "noise_ratio", "ladder", "max_epochs"} <= set(run.data.params)
-    assert "model.pt" in [a.path for a in client.list_artifacts(run.info.run_id)]  # the best checkpoint
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert "model.pt" in artifacts  # the best checkpoint
+    assert any(a.startswith("config_") for a in artifacts)  # the executed config
     history = client.get_metric_history(run.info.run_id, "train_loss")
     assert len(history) == 2 and all(m.value > 0 for m in history)  # one point per iteration
     state = torch.load(tiny / "malignet" / "model.pt", weights_only=True)
@@ -147,6 +149,7 @@ def test_evaluate_json_writes_the_report_and_logs_to_mlflow(tiny):
     assert metrics["metrics"]["test_mean_f1"] == pytest.approx(run.data.metrics["test_mean_f1"])
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
     assert {"metrics.json", "froc.png"} <= set(artifacts)
+    assert any(a.startswith("config_") and a.endswith(".json") for a in artifacts)  # the executed config
 
 
 def test_bad_datalists_stop_with_what_is_wrong(tiny):

@@ -111,6 +111,25 @@ def test_masks_come_back_onto_the_lesions_of_the_stored_frames(synthetic_dataset
         assert abs(y0 - truth_box[1]) < 0.1 * 1024 + 2
 
 
+def test_a_view_without_lesions_gives_empty_outputs(tmp_path, synthetic_dataset, class_map):
+    study = _study(synthetic_dataset, "labeled")
+    predictor = _oracle_predictor(class_map)
+    chain = predictor.preprocessing
+
+    def no_lesions(item: dict) -> dict:
+        data = chain(item)
+        data["masks"], data["labels"] = data["masks"][:0], data["labels"][:0]
+        return data
+
+    predictor.preprocessing = no_lesions
+    prediction = predictor.predict_study(study)
+    assert all(v.masks.shape == (0, *v.image.shape) for v in prediction.views)
+    written = write_study_outputs(prediction, class_map, tmp_path)
+    report = json.loads(written["report"].read_text())
+    assert report["lesions"] == [] and report["metastasis"] == {"positive": False, "lesion_ids": []}
+    assert written["seg_anterior"].is_file()
+
+
 def test_studies_from_file_folder_and_datalist(tmp_path, synthetic_dataset, class_map):
     write_study(synthesize_study([3, 1], "MULTI"), tmp_path / "in", class_map)
     write_study(synthesize_study([3, 2], "SINGLE"), tmp_path / "in", class_map, layout="single")

@@ -168,8 +168,11 @@ class LesionPredictor:
         height, width = frame.shape
         left, top, right, bottom = (int(v) for v in torch.as_tensor(data["crop_box"]).tolist())
         probabilities = detections["masks"].float().cpu()  # (N, 1, h, w) over the resized crop
+        crop_size = (bottom - top, right - left)
         if probabilities.shape[0]:
-            probabilities = F.interpolate(probabilities, size=(bottom - top, right - left), mode="bilinear")
+            probabilities = F.interpolate(probabilities, size=crop_size, mode="bilinear")
+        else:
+            probabilities = torch.zeros((0, 1, *crop_size))
         masks = np.zeros((probabilities.shape[0], height, width), dtype=bool)
         masks[:, top:bottom, left:right] = (probabilities[:, 0] >= self.mask_threshold).numpy()
         chest_box = (float(left), float(top), float(right), float(bottom))
@@ -180,7 +183,7 @@ class LesionPredictor:
         # when scaled down to a tiny crop
         scores = detections["scores"].float().cpu().numpy()
         keep = np.argsort(-scores, kind="stable")
-        keep = keep[masks[keep].reshape(len(keep), -1).any(1)]
+        keep = keep[masks[keep].any(axis=(1, 2))]
         return ViewPrediction(
             view=view,
             frame_index=frame_index,
@@ -276,7 +279,7 @@ def run_inference(
     for study in iterator:
         try:
             prediction = predictor.predict_study(study)
-        except (InputFileError, ValueError, KeyError) as e:
+        except InputFileError as e:  # the input's fault; anything else is a bug and must stop the run
             logger.warning("skipping study %s: %s", study.study_id, e)
             summary["skipped"].append([study.study_id, str(e)])
             continue

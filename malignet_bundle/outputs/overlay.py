@@ -74,8 +74,17 @@ def save_contact_sheet(
     out_path: str | os.PathLike,
     columns: int = 8,
     title: str | None = None,
+    panel_inches: tuple[float, float] = (1.6, 6.2),
 ) -> None:
-    """Save RGB panels with captions as one PNG, with a class-colour legend; written atomically."""
+    """Save RGB panels with captions as one PNG, with a class-colour legend; written atomically.
+
+    Args:
+        panels: (caption, RGB image) pairs.
+        out_path: the PNG.
+        columns: panels per row.
+        title: optional title on top.
+        panel_inches: (width, height) of one panel in the figure; whole-body views are tall and narrow.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,7 +92,9 @@ def save_contact_sheet(
     from matplotlib.patches import Patch
 
     rows = int(np.ceil(len(panels) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 6.2 * rows + 0.6), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(panel_inches[0] * columns, panel_inches[1] * rows + 0.6), squeeze=False
+    )
     for ax in axes.ravel():
         ax.axis("off")
     for ax, (caption, rgb) in zip(axes.ravel(), panels, strict=False):
