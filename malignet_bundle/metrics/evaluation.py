@@ -40,7 +40,7 @@ from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced
 from pycocotools import mask as mask_utils
 
-from malignet_bundle.metrics.lesion import match_lesions
+from malignet_bundle.metrics.lesion import LesionCounts, class_weighted_f1, match_lesions
 
 __all__ = [
     "FROC_RATES",
@@ -170,30 +170,26 @@ def image_records(
 
 def lesion_segmentation_metrics(records: Sequence[ImageRecord], num_classes: int) -> dict[str, Any]:
     """Table 4: per-class precision, sensitivity, F1 and their ground-truth-weighted means."""
-    predicted, truth, hits = (np.zeros(num_classes + 1, dtype=np.int64) for _ in range(3))
+    counts = LesionCounts(num_classes)
     for r in records:
-        np.add.at(predicted, r.pred_labels, 1)
-        np.add.at(truth, r.gt_labels, 1)
+        np.add.at(counts.predicted, r.pred_labels, 1)
+        np.add.at(counts.ground_truth, r.gt_labels, 1)
         for p, g in r.pairs:
             if r.pred_labels[p] == r.gt_labels[g]:
-                hits[r.gt_labels[g]] += 1
-    per_class = {}
-    for c in range(1, num_classes + 1):
-        precision, sensitivity = _ratio(hits[c], predicted[c]), _ratio(hits[c], truth[c])
-        per_class[c] = {
-            "precision": precision,
-            "sensitivity": sensitivity,
-            "f1": _f1(precision, sensitivity),
-            "support": int(truth[c]),
-            "predicted": int(predicted[c]),
-            "matched": int(hits[c]),
+                counts.matched[r.gt_labels[g]] += 1
+    scores = class_weighted_f1(counts)
+    per_class = {
+        c: {
+            "precision": float(scores["precision"][c - 1]),
+            "sensitivity": float(scores["sensitivity"][c - 1]),
+            "f1": float(scores["f1"][c - 1]),
+            "support": int(counts.ground_truth[c]),
+            "predicted": int(counts.predicted[c]),
+            "matched": int(counts.matched[c]),
         }
-    weights = truth[1:] / truth[1:].sum() if truth[1:].sum() else np.zeros(num_classes)
-    means = {
-        f"mean_{m}": float(sum(w * per_class[c][m] for w, c in zip(weights, per_class, strict=True)))
-        for m in ("precision", "sensitivity", "f1")
+        for c in range(1, num_classes + 1)
     }
-    return {"per_class": per_class, **means}
+    return {"per_class": per_class, **{k: v for k, v in scores.items() if k.startswith("mean_")}}
 
 
 def localization_metrics(records: Sequence[ImageRecord]) -> dict[str, float]:

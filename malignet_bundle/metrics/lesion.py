@@ -10,6 +10,7 @@ weight the classes by their ground-truth support.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,8 +75,11 @@ class LesionCounts:
                 self.matched[int(gt_labels[g])] += 1
 
 
-def class_weighted_f1(counts: LesionCounts) -> dict[str, float]:
-    """Mean precision, sensitivity and F1 over classes weighted by ground-truth support (thesis Table 4)."""
+def class_weighted_f1(counts: LesionCounts) -> dict[str, Any]:
+    """Mean precision, sensitivity and F1 over classes weighted by ground-truth support (thesis Table 4).
+
+    Also returns the per-class values as arrays (``precision``, ``sensitivity``, ``f1``; index 0 is class 1).
+    """
     support = counts.ground_truth[1:].astype(float)
     precision = np.divide(
         counts.matched[1:], counts.predicted[1:], out=np.zeros_like(support), where=counts.predicted[1:] > 0
@@ -87,13 +91,15 @@ def class_weighted_f1(counts: LesionCounts) -> dict[str, float]:
         out=np.zeros_like(support),
         where=(precision + sensitivity) > 0,
     )
+    per_class = {"precision": precision, "sensitivity": sensitivity, "f1": f1}
     if support.sum() == 0:
-        return {"mean_precision": 0.0, "mean_sensitivity": 0.0, "mean_f1": 0.0}
+        return {"mean_precision": 0.0, "mean_sensitivity": 0.0, "mean_f1": 0.0, **per_class}
     weights = support / support.sum()
     return {
         "mean_precision": float(weights @ precision),
         "mean_sensitivity": float(weights @ sensitivity),
         "mean_f1": float(weights @ f1),
+        **per_class,
     }
 
 

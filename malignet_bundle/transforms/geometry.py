@@ -1,9 +1,9 @@
 """Chest crop and instance geometry as MONAI dictionary transforms.
 
 ``CropToChestd`` crops the whole-body view to its chest box and resizes it to the network's input size,
-masks with it, and records the crop (``crop_box``, whole-body x0, y0, x1, y1) so that detections in crop
-pixels map back with :func:`crop_to_wholebody`. ``BoxesFromMasksd`` re-derives boxes from masks after any
-geometric change and drops instances that left the image.
+masks with it, and records the crop (``crop_box``, whole-body x0, y0, x1, y1) so that inference
+(``engines/inference.LesionPredictor``) maps lesion masks back to the whole view. ``BoxesFromMasksd``
+re-derives boxes from masks after any geometric change and drops instances that left the image.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Resize, SpatialCrop
 
-__all__ = ["CropToChestd", "BoxesFromMasksd", "masks_to_boxes", "crop_to_wholebody"]
+__all__ = ["CropToChestd", "BoxesFromMasksd", "masks_to_boxes"]
 
 
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
@@ -30,21 +30,6 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
         if len(r):
             boxes[i] = torch.tensor([c[0], r[0], c[-1] + 1, r[-1] + 1], dtype=torch.float32)
     return boxes
-
-
-def crop_to_wholebody(boxes: torch.Tensor, crop_box: torch.Tensor, crop_size: tuple[int, int]) -> torch.Tensor:
-    """Map (x0, y0, x1, y1) boxes from a resized crop back to whole-body pixels.
-
-    Args:
-        boxes: (N, 4) in crop pixels.
-        crop_box: (4,) the crop in whole-body pixels, as ``CropToChestd`` records it.
-        crop_size: (H, W) the crop was resized to.
-    """
-    x0, y0, x1, y1 = (float(v) for v in crop_box)
-    sx, sy = (x1 - x0) / crop_size[1], (y1 - y0) / crop_size[0]
-    scale = torch.tensor([sx, sy, sx, sy], dtype=boxes.dtype, device=boxes.device)
-    offset = torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype, device=boxes.device)
-    return boxes * scale + offset
 
 
 class CropToChestd(MapTransform):
