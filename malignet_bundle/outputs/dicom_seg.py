@@ -1,16 +1,35 @@
-"""DICOM Segmentation (highdicom) of a study's lesions, one SEG instance per view, referencing the source NM frame.
+"""DICOM Segmentation (highdicom) of a study's lesions: one BINARY SEG instance per view, referencing its NM frame.
 
-Segments: one per class of the class map, segment number = class label, BINARY, frames kept even when empty,
-so a viewer shows the same segment list for every study and segment ``k`` always means class ``k``.
+Why: a SEG is what a PACS or viewer (OHIF, 3D Slicer, MIM) overlays on the source scan, so the lesions reach
+the reading room without the bundle. What is written:
 
-Why one instance per view: planar whole-body NM has no Frame of Reference (no patient coordinate system), and
-highdicom 0.28 builds a SEG of such a source only from one source frame (``_init_multiframe_image``: "Only a
-single frame is supported when the source image has no Frame of Reference UID"); it also reads the pixel
-spacing of a multi-frame-IOD source from an enhanced-style SharedFunctionalGroupsSequence that NM does not
-have. So each view's SEG is built from an in-memory one-frame copy of the source header carrying the view's
-PixelSpacing as pixel measures, and the references in the result then name the view's frame of the real
-source (``ReferencedFrameNumber``). The source file itself is never written to. Both instances share one
-SEG series.
+* One segment per class of the class map, segment number = class label, segment label = class name; frames
+  are kept even when empty, so every SEG of every study has the same segment list and segment ``k`` always
+  means class ``k``. Category "Morphologically abnormal structure" (SCT 49755003); type from
+  :data:`CLASS_CODES` for the default classes, else "Lesion" (SCT 52988006). Algorithm: AUTOMATIC,
+  "MaligNet", family "Artificial Intelligence" (DCM 123110), the version passed in.
+* Pixel spacing = the source's ``PixelSpacing``; the frame matches the stored source frame pixel for pixel
+  (a posterior view is not mirrored), so each segment frame references its source frame with
+  SpatialLocationsPreserved YES.
+
+Why one SEG per view and not one per study: planar whole-body NM has no Frame of Reference (no patient
+coordinate system), and highdicom 0.28 builds a SEG of such a source from *one source frame only*
+(``_Image._init_multiframe_image`` raises "Only a single frame is supported when the source image has no
+Frame of Reference UID" for a two-frame NM instance and for two single-frame instances alike). It also reads
+the pixel spacing of a source whose IOD is multi-frame (NM is, even with one frame) from an enhanced-style
+``SharedFunctionalGroupsSequence`` that NM images do not have. Giving the source a made-up Frame of
+Reference and plane positions would put invented geometry into the SEG; merging two highdicom outputs by
+hand would be a SEG highdicom did not build. So each view's SEG is built from an in-memory, one-frame copy
+of its source header that carries the source's PixelSpacing as shared pixel measures (never written
+anywhere; the source file is only ever read), and the references in the result are then pointed at the
+view's frame of the real source (``ReferencedFrameNumber``, frame ``frame_index + 1``). All SEGs of a study
+share one series. For a one-file-per-view study this is one SEG per source file; for a two-frame file, two
+SEGs referencing frames 1 and 2 of the same instance.
+
+Reading back (:func:`read_dicom_seg_masks`) goes through highdicom's reader. highdicom 0.28 insists on a
+SliceThickness in the pixel measures, which the standard requires only when a Frame of Reference is present
+(CP 1426) and which a planar projection does not have; the reader therefore drops the pixel measures from
+its in-memory copy (they are not needed to read masks). dciodvfy reports no errors for these files.
 """
 
 from __future__ import annotations
@@ -18,6 +37,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import highdicom as hd
 import numpy as np
@@ -26,42 +46,68 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from malignet_bundle.data.class_map import ClassMap, normalise_class_name
+from malignet_bundle.data.nm_dicom import write_dataset_atomic
 from malignet_bundle.outputs.prediction import StudyPrediction, ViewPrediction
 
-__all__ = ["CLASS_CODES", "build_dicom_segs", "write_dicom_segs", "read_dicom_seg_masks"]
+__all__ = [
+    "SEGMENT_CATEGORY",
+    "CLASS_CODES",
+    "GENERIC_LESION_CODE",
+    "SegFrameMasks",
+    "segment_descriptions",
+    "build_dicom_segs",
+    "write_dicom_segs",
+    "read_dicom_seg_masks",
+]
 
-# SNOMED CT segmented-property types of the default classes (thesis Table 3).
-CLASS_CODES = {
-    "malignant": codes.SCT.Metastasis,
-    "infection_inflammation": codes.SCT.Inflammation,
+# CID 7150 "Segmentation Property Categories".
+SEGMENT_CATEGORY = codes.SCT.MorphologicallyAbnormalStructure  # 49755003
+# Segmented property types of the default classes (thesis Table 3), SNOMED CT morphologic abnormalities.
+# CID 7159 "Lesion Segmentation Types" has the first two; the last two are the SNOMED CT morphologic
+# abnormalities of the same name (the "disorder" concept 417746004 behind pydicom's TraumaticAbnormality
+# keyword is not a morphology, so it is not used).
+CLASS_CODES: dict[str, hd.sr.CodedConcept] = {
+    # A malignant lesion on a bone scan is a bone metastasis in all but rare cases; the bundle's verdict is
+    # "metastasis". SCT 14799000 "Neoplasm, metastatic (morphologic abnormality)".
+    "malignant": hd.sr.CodedConcept.from_code(codes.SCT.NeoplasmSecondary),
+    "infection_inflammation": hd.sr.CodedConcept.from_code(codes.SCT.Inflammation),  # 409774005
     "degenerative_change": hd.sr.CodedConcept("107669003", "SCT", "Degenerative abnormality"),
-    "post_trauma": codes.SCT.TraumaticAbnormality,
+    "post_trauma": hd.sr.CodedConcept("19130008", "SCT", "Traumatic abnormality"),
 }
-ALGORITHM_FAMILY = codes.cid7162.ArtificialIntelligence
+# Any class without a known code: generic lesion, the class name stays the segment label.
+GENERIC_LESION_CODE = hd.sr.CodedConcept.from_code(codes.SCT.Lesion)  # 52988006, CID 7159
+_ALGORITHM_FAMILY = codes.cid7162.ArtificialIntelligence  # DCM 123110
 
 
-def _one_frame_source(ds: Dataset) -> Dataset:
-    """In-memory header highdicom accepts for one view (see the module docstring); never written anywhere."""
-    source = copy.deepcopy(ds)
-    if "PixelData" in source:
-        del source.PixelData
-    source.NumberOfFrames = 1
-    measures = Dataset()
-    measures.PixelMeasuresSequence = hd.PixelMeasuresSequence(
-        pixel_spacing=[float(v) for v in ds.PixelSpacing], slice_thickness=None
-    )
-    source.SharedFunctionalGroupsSequence = [measures]
-    return source
+class SegFrameMasks(NamedTuple):
+    """Masks of one SEG written by :func:`write_dicom_segs`, by class.
+
+    Attributes:
+        sop_instance_uid: SOPInstanceUID of the source NM instance.
+        frame_number: 1-based frame of the source instance the SEG covers.
+        masks: (H, W, S) bool, channel ``s`` = segment number ``s + 1`` (= class label ``s + 1`` for SEGs
+            written here).
+    """
+
+    sop_instance_uid: str
+    frame_number: int
+    masks: np.ndarray
 
 
-def _segment_descriptions(class_map: ClassMap, algorithm_version: str) -> list[hd.seg.SegmentDescription]:
-    algorithm = hd.AlgorithmIdentificationSequence(name="MaligNet", version=algorithm_version, family=ALGORITHM_FAMILY)
+def segment_descriptions(class_map: ClassMap, algorithm_version: str) -> list[hd.seg.SegmentDescription]:
+    """One AUTOMATIC segment description per class of ``class_map``, segment number = label.
+
+    Args:
+        class_map: the classes; names are the segment labels, and pick the type code in :data:`CLASS_CODES`.
+        algorithm_version: version recorded in the algorithm identification.
+    """
+    algorithm = hd.AlgorithmIdentificationSequence(name="MaligNet", family=_ALGORITHM_FAMILY, version=algorithm_version)
     return [
         hd.seg.SegmentDescription(
             segment_number=label,
-            segment_label=name,
-            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-            segmented_property_type=CLASS_CODES.get(normalise_class_name(name), codes.SCT.Lesion),
+            segment_label=name[:64],  # LO
+            segmented_property_category=SEGMENT_CATEGORY,
+            segmented_property_type=CLASS_CODES.get(normalise_class_name(name), GENERIC_LESION_CODE),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
         )
@@ -69,14 +115,52 @@ def _segment_descriptions(class_map: ClassMap, algorithm_version: str) -> list[h
     ]
 
 
-def _point_at_frame(seg: hd.seg.Segmentation, frame_number: int) -> None:
-    """Make every source-image reference of ``seg`` name frame ``frame_number`` of the source."""
-    items = list(seg.get("SourceImageSequence", []))
+def _pixel_spacing(ds: Dataset, study: StudyPrediction) -> list[float]:
+    spacing = ds.get("PixelSpacing")
+    return [float(v) for v in spacing] if spacing and len(spacing) == 2 else [float(v) for v in study.spacing]
+
+
+def _one_frame_source(ds: Dataset, pixel_spacing: list[float]) -> Dataset:
+    """In-memory header of one view that highdicom accepts (see the module docstring); never written anywhere."""
+    source = Dataset()
+    for element in ds:
+        if element.tag != 0x7FE00010:  # the pixel data, when the caller's header still has it
+            source.add(copy.deepcopy(element))
+    source.NumberOfFrames = 1
+    measures = Dataset()
+    measures.PixelMeasuresSequence = hd.PixelMeasuresSequence(pixel_spacing=pixel_spacing, slice_thickness=None)
+    source.SharedFunctionalGroupsSequence = [measures]
+    return source
+
+
+def _reference_frame(seg: hd.seg.Segmentation, frame_number: int) -> None:
+    """Point the source-image references of ``seg`` at frame ``frame_number`` of the source instance.
+
+    highdicom puts the same item objects into SourceImageSequence and ReferencedSeriesSequence; the frame
+    number belongs only to the former (Image SOP Instance Reference Macro), so those items are replaced by
+    copies first.
+    """
+    items = []
+    for item in seg.SourceImageSequence:
+        item = copy.deepcopy(item)
+        item.ReferencedFrameNumber = frame_number
+        items.append(item)
+    seg.SourceImageSequence = items
     for group in seg.PerFrameFunctionalGroupsSequence:
         for derivation in group.get("DerivationImageSequence", []):
-            items += list(derivation.get("SourceImageSequence", []))
-    for item in items:
-        item.ReferencedFrameNumber = frame_number
+            for item in derivation.SourceImageSequence:
+                item.ReferencedFrameNumber = frame_number
+
+
+def _view_pixels(view: ViewPrediction, num_classes: int) -> np.ndarray:
+    """(1, H, W, C) class unions of the view's instance masks (stacked-segments layout)."""
+    height, width = np.asarray(view.image).shape[-2:]
+    pixels = np.zeros((1, height, width, num_classes), dtype=bool)
+    for mask, label in zip(np.asarray(view.masks, dtype=bool), np.asarray(view.labels), strict=True):
+        if not 1 <= int(label) <= num_classes:
+            raise ValueError(f"{view.view}: label {int(label)} outside the class map's 1..{num_classes}")
+        pixels[0, ..., int(label) - 1] |= mask
+    return pixels
 
 
 def build_dicom_segs(
@@ -84,75 +168,112 @@ def build_dicom_segs(
     class_map: ClassMap,
     algorithm_version: str = "0.1.0",
     series_number: int = 901,
-) -> list[tuple[ViewPrediction, hd.seg.Segmentation]]:
-    """One BINARY SEG per view of ``study``, all in one new series.
+    series_instance_uid: str | None = None,
+) -> list[hd.seg.Segmentation]:
+    """Build one BINARY SEG per view of ``study``, in the order of ``study.views``, all in one new series.
 
     Args:
-        study: lesions in whole-body stored-pixel coordinates, with each view's source header.
-        class_map: the segments (one per class, segment number = label).
-        algorithm_version: recorded in the segments' algorithm identification.
+        study: lesions in whole-body stored-pixel coordinates, with each view's source header (pixel data
+            may be absent; :func:`malignet_bundle.data.nm_dicom.read_nm_views` removes it).
+        class_map: the segments, one per class (segment number = label).
+        algorithm_version: recorded as the algorithm and software version.
         series_number: SeriesNumber of the SEG series.
+        series_instance_uid: SeriesInstanceUID of the SEG series; new when None.
+
+    Returns:
+        Segmentation instances; the ``i``-th covers ``study.views[i]`` and references frame
+        ``frame_index + 1`` of ``study.datasets[i]``.
+
+    Raises:
+        ValueError: a mask does not match its source frame's size, or a label is outside the class map.
     """
-    series_uid = hd.UID()
-    descriptions = _segment_descriptions(class_map, algorithm_version)
+    series_instance_uid = series_instance_uid or hd.UID()
+    descriptions = segment_descriptions(class_map, algorithm_version)
     segs = []
     for number, (view, ds) in enumerate(zip(study.views, study.datasets, strict=True), start=1):
-        height, width = view.image.shape
-        pixels = np.zeros((1, height, width, class_map.num_classes), dtype=bool)
-        for mask, label in zip(view.masks, view.labels, strict=True):
-            pixels[0, ..., int(label) - 1] |= np.asarray(mask, dtype=bool)
+        pixels = _view_pixels(view, class_map.num_classes)
+        if pixels.shape[1:3] != (int(ds.Rows), int(ds.Columns)):
+            raise ValueError(f"{view.view}: masks are {pixels.shape[1:3]}, the source frame {ds.Rows}x{ds.Columns}")
         seg = hd.seg.Segmentation(
-            source_images=[_one_frame_source(ds)],
+            source_images=[_one_frame_source(ds, _pixel_spacing(ds, study))],
             pixel_array=pixels,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=descriptions,
-            series_instance_uid=series_uid,
+            series_instance_uid=series_instance_uid,
             series_number=series_number,
             sop_instance_uid=hd.UID(),
             instance_number=number,
             manufacturer="MaligNet bundle",
             manufacturer_model_name="MaligNet",
-            software_versions=algorithm_version,
+            software_versions=str(algorithm_version),
             device_serial_number="none",
-            series_description=f"MaligNet lesions ({view.view})",
+            content_label="LESIONS",
+            content_description=f"MaligNet bone lesions, {view.view} view",
+            series_description="MaligNet lesions",
             omit_empty_frames=False,
         )
-        _point_at_frame(seg, int(view.frame_index) + 1)
-        # Type 2C without a Frame of Reference: the source's when it has one, else present and empty.
-        seg.PatientOrientation = ds.get("PatientOrientation", "") or ""
-        segs.append((view, seg))
+        _reference_frame(seg, int(view.frame_index) + 1)
+        # General Image, Type 2C without a Frame of Reference: a single-view source's own value applies to the
+        # SEG; a two-view header has one value for both views, so none is copied from it.
+        single_view = int(ds.get("NumberOfFrames", 1) or 1) == 1
+        seg.PatientOrientation = ds.get("PatientOrientation", "") if single_view else ""
+        segs.append(seg)
     return segs
 
 
 def write_dicom_segs(
-    study: StudyPrediction, class_map: ClassMap, folder: str | os.PathLike, algorithm_version: str = "0.1.0"
+    study: StudyPrediction,
+    class_map: ClassMap,
+    folder: str | os.PathLike,
+    algorithm_version: str = "0.1.0",
 ) -> list[Path]:
-    """Write ``seg_<view>.dcm`` for every view into ``folder``, each atomically; returns the paths."""
+    """Write :func:`build_dicom_segs` as ``folder/seg_<view>.dcm``, each atomically.
+
+    Args:
+        study: lesions and source headers of one study.
+        class_map: the segments.
+        folder: output folder (created when missing).
+        algorithm_version: recorded in the SEGs.
+
+    Returns:
+        The written paths, in the order of ``study.views``.
+    """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for view, seg in build_dicom_segs(study, class_map, algorithm_version):
+    for view, seg in zip(study.views, build_dicom_segs(study, class_map, algorithm_version), strict=True):
         path = folder / f"seg_{view.view}.dcm"
-        tmp = path.with_name(f".tmp.{path.name}")
-        seg.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
+        write_dataset_atomic(seg, path)
         paths.append(path)
     return paths
 
 
-def read_dicom_seg_masks(path: str | os.PathLike) -> tuple[str, int, np.ndarray]:
-    """Read a SEG written here: (source SOPInstanceUID, source frame number, (H, W, C) bool per class).
+def read_dicom_seg_masks(path: str | os.PathLike) -> SegFrameMasks:
+    """Read a SEG that covers one source frame (as written here) with highdicom's reader.
 
-    Channel ``k`` (0-based) is class label ``k + 1``. Read with pydicom, frame by frame through the
-    SegmentIdentificationSequence: highdicom 0.28's reader insists on a SliceThickness in the pixel
-    measures, which a planar NM source does not have and the standard does not require here (dciodvfy
-    passes the file).
+    Args:
+        path: the SEG file.
+
+    Returns:
+        The source instance and frame it references and its (H, W, S) bool masks by segment.
+
+    Raises:
+        ValueError: the SEG references no source frame or more than one.
     """
     ds = pydicom.dcmread(path)
-    groups = ds.PerFrameFunctionalGroupsSequence
-    reference = groups[0].DerivationImageSequence[0].SourceImageSequence[0]
-    frames = ds.pixel_array.reshape(len(groups), int(ds.Rows), int(ds.Columns))
-    masks = np.zeros((int(ds.Rows), int(ds.Columns), len(ds.SegmentSequence)), dtype=bool)
-    for frame, group in zip(frames, groups, strict=True):
-        masks[..., int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber) - 1] |= frame.astype(bool)
-    return str(reference.ReferencedSOPInstanceUID), int(reference.ReferencedFrameNumber), masks
+    shared = ds.get("SharedFunctionalGroupsSequence", [Dataset()])[0]
+    for measures in shared.get("PixelMeasuresSequence", []):
+        if "SliceThickness" not in measures:  # highdicom 0.28 cannot parse these (module docstring)
+            del shared.PixelMeasuresSequence
+            break
+    seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
+    references = {
+        (str(item.ReferencedSOPInstanceUID), int(item.get("ReferencedFrameNumber", 1)))
+        for group in seg.PerFrameFunctionalGroupsSequence
+        for derivation in group.get("DerivationImageSequence", [])
+        for item in derivation.SourceImageSequence
+    }
+    if len(references) != 1:
+        raise ValueError(f"{path}: references {len(references)} source frames, expected one")
+    ((uid, frame),) = references
+    masks = seg.get_pixels_by_source_frame(uid, [frame], segment_numbers=list(seg.segment_numbers))
+    return SegFrameMasks(uid, frame, masks[0].astype(bool))
