@@ -7,7 +7,7 @@ DATA := data/synthetic
 DEMO_SPLITS := --labeled 40 --unlabeled 200 --validation 10 --test 20 --seed 0
 MODELS := models
 # CPU-sized schedule: a few epochs at 320x320 (Table 11 trains far longer on a GPU).
-DEMO_EPOCHS ?= 3
+DEMO_EPOCHS ?= 2
 CHEST_EPOCHS ?= 25
 BUNDLE := $(PY) -m monai.bundle run training --config_file configs/train.json --logging_file configs/logging.conf
 EVALUATE := $(PY) -m monai.bundle run evaluating --config_file "['configs/train.json','configs/evaluate.json']" \

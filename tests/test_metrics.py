@@ -1,10 +1,13 @@
-"""Hand-worked cases for every metric family of thesis §3.8 / design §6."""
+"""Hand-worked cases for every metric family of thesis §3.8 / design §6 (malignet_bundle.metrics)."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import math
+import os
+import re
+import tempfile
 
 import numpy as np
 import pytest
@@ -12,9 +15,10 @@ import torch
 from ignite.engine import Engine
 
 from malignet_bundle.metrics import evaluation as ev
-from malignet_bundle.metrics.lesion import LesionF1
+from malignet_bundle.metrics.lesion import LesionF1, binarize_masks, mask_iou, match_lesions
 
-SIZE = 20
+SIZE = 16
+RATES = ("0.125", "0.25", "0.5", "1", "2", "4", "8")
 
 
 def box(x0, y0, x1, y1):
@@ -24,74 +28,152 @@ def box(x0, y0, x1, y1):
 
 
 def pred(masks, labels, scores):
-    masks = torch.stack(masks).float()[:, None] if masks else torch.zeros((0, 1, SIZE, SIZE))
+    """Detector-style prediction: (N, 1, H, W) probabilities."""
+    masks = torch.stack(masks).float()[:, None] * 0.9 if masks else torch.zeros((0, 1, SIZE, SIZE))
     return {"masks": masks, "labels": torch.tensor(labels, dtype=torch.long), "scores": torch.tensor(scores)}
 
 
-def truth(masks, labels, patient="P"):
+def truth(masks, labels, patient=None):
     masks = torch.stack(masks) if masks else torch.zeros((0, SIZE, SIZE), dtype=torch.uint8)
-    return {"masks": masks, "labels": torch.tensor(labels, dtype=torch.long), "patient_id": patient}
+    target = {"masks": masks, "labels": torch.tensor(labels, dtype=torch.long)}
+    if patient is not None:
+        target["patient_id"] = patient
+    return target
 
 
-A, B = box(0, 0, 4, 4), box(10, 10, 14, 14)  # two 16-pixel lesions
+A, B = box(0, 0, 4, 4), box(10, 10, 14, 14)  # two 16-pixel lesions, far apart
+GT10 = box(0, 0, 10, 10)  # 100 pixels
+
+
+def iou_049():
+    return box(0, 0, 7, 7)  # 49 pixels inside GT10: IoU 0.49
+
+
+def iou_051():
+    m = box(0, 0, 10, 5)  # 50 pixels inside GT10 ...
+    m[5, 0] = 1  # ... plus one: IoU 0.51
+    return m
+
+
+# --- matching ------------------------------------------------------------------------------------------------------
+
+
+def test_binarize_masks_thresholds_probabilities_and_keeps_binary_masks():
+    probs = torch.tensor([0.5, 0.51, 0.2, 1.0]).reshape(1, 1, 2, 2)
+    assert binarize_masks(probs).tolist() == [[[False, True], [False, True]]]
+    labels = torch.tensor([[[0, 1], [2, 0]]], dtype=torch.uint8)
+    assert binarize_masks(labels).tolist() == [[[False, True], [True, False]]]
+
+
+def test_iou_just_under_and_just_over_the_threshold():
+    assert mask_iou(iou_049()[None], GT10[None]).item() == pytest.approx(0.49)
+    assert mask_iou(iou_051()[None], GT10[None]).item() == pytest.approx(0.51)
+    under = ev.evaluate_lesions([pred([iou_049()], [1], [0.9])], [truth([GT10], [1])], 4)
+    over = ev.evaluate_lesions([pred([iou_051()], [1], [0.9])], [truth([GT10], [1])], 4)
+    assert under.scalars["localization_f1"] == 0.0 and under.scalars["mean_f1"] == 0.0
+    assert under.per_image[0]["localization_fp"] == 1 and under.per_image[0]["localization_fn"] == 1
+    assert over.scalars["localization_f1"] == 1.0 and over.scalars["mean_f1"] == 1.0
+    # the threshold is configurable
+    lenient = ev.evaluate_lesions([pred([iou_049()], [1], [0.9])], [truth([GT10], [1])], 4, iou_threshold=0.45)
+    strict = ev.evaluate_lesions([pred([iou_051()], [1], [0.9])], [truth([GT10], [1])], 4, iou_threshold=0.55)
+    assert lenient.scalars["localization_f1"] == 1.0 and strict.scalars["localization_f1"] == 0.0
+
+
+def test_matching_is_greedy_by_score_and_one_to_one():
+    # the higher score takes the lesion whatever the order; equal scores: the lower index first
+    assert match_lesions(torch.stack([A, A]), torch.tensor([0.6, 0.9]), A[None]) == [(1, 0)]
+    assert match_lesions(torch.stack([A, A]), torch.tensor([0.7, 0.7]), A[None]) == [(0, 0)]
+    # a prediction overlapping two lesions takes the one of highest IoU; the other stays for the next prediction
+    wide, left, right = box(0, 0, 8, 4), box(0, 0, 5, 4), box(4, 0, 8, 4)
+    pairs = match_lesions(torch.stack([wide, right]), torch.tensor([0.9, 0.8]), torch.stack([left, right]))
+    assert pairs == [(0, 0), (1, 1)]
+
+
+# --- Table 4 / Table 5 -----------------------------------------------------------------------------------------------
 
 
 def test_perfect_predictions_score_one_everywhere():
     result = ev.evaluate_lesions([pred([A, B], [1, 3], [0.9, 0.8])], [truth([A, B], [1, 3])], num_classes=4)
     s = result.scalars
-    for key in ("mean_precision", "mean_sensitivity", "mean_f1", "localization_f1", "pixel_dice", "ap", "ap50"):
+    for key in ("mean_precision", "mean_sensitivity", "mean_f1", "localization_f1", "classification_accuracy"):
+        assert s[key] == 1.0, key
+    for key in ("pixel_dice", "ap", "ap50", "ap75", "froc_cpm", "metastasis_image_f1", "metastasis_patient_f1"):
         assert s[key] == pytest.approx(1.0), key
-    assert s["froc_sensitivity_at_0.125"] == 1.0 and s["metastasis_image_f1"] == 1.0
-
-
-def test_no_predictions_and_no_ground_truth():
-    none = ev.evaluate_lesions([pred([], [], [])], [truth([A], [1])], num_classes=4).scalars
-    assert none["mean_sensitivity"] == 0.0 and none["mean_precision"] == 0.0 and none["ap"] == 0.0
-    assert none["metastasis_image_recall"] == 0.0 and none["pixel_dice"] == 0.0
-    empty = ev.evaluate_lesions([pred([A], [1], [0.9])], [truth([], [])], num_classes=4)
-    assert empty.scalars["localization_precision"] == 0.0 and math.isnan(empty.scalars["ap"])
-    assert empty.per_image[0]["metastasis"] == "FP" and empty.per_image[0]["false_positives"] == 1
+    assert s["class_1_f1"] == 1.0 and s["class_3_f1"] == 1.0 and s["class_2_f1"] == 0.0  # class 2: no support
 
 
 def test_two_predictions_on_one_lesion_match_once():
     result = ev.evaluate_lesions([pred([A, A], [1, 1], [0.6, 0.9])], [truth([A], [1])], num_classes=4)
     seg = result.detail["segmentation"]["per_class"][1]
-    assert (seg["precision"], seg["sensitivity"]) == (0.5, 1.0)
-    assert seg["f1"] == pytest.approx(2 / 3)
-    records = ev.image_records([pred([A, A], [1, 1], [0.6, 0.9])], [truth([A], [1])])
-    assert records[0].pairs == [(1, 0)]  # the higher score takes the lesion
+    assert (seg["precision"], seg["sensitivity"], seg["predicted"], seg["matched"]) == (0.5, 1.0, 2, 1)
+    assert seg["f1"] == pytest.approx(2 / 3) and result.scalars["mean_f1"] == pytest.approx(2 / 3)
+    assert result.detail["localization"] == pytest.approx({"precision": 0.5, "sensitivity": 1.0, "f1": 2 / 3})
+    row = result.per_image[0]
+    assert (row["localization_tp"], row["localization_fp"], row["localization_fn"]) == (1, 1, 0)
+    assert result.detail["froc"]["fp_per_image"] == [0.0, 1.0]  # the 0.9 is the TP, the 0.6 the FP
 
 
 def test_right_place_wrong_class():
     result = ev.evaluate_lesions([pred([A], [2], [0.9])], [truth([A], [1])], num_classes=4)
-    assert result.scalars["localization_f1"] == 1.0
-    assert result.scalars["mean_f1"] == 0.0  # class-aware: a false positive of 2 and a miss of 1
-    confusion = result.detail["classification"]["confusion"]
-    assert confusion[0, 1] == 1 and confusion.sum() == 1
-    malignant = result.detail["classification"]["per_class"][1]
-    assert malignant["sensitivity"] == 0.0 and malignant["accuracy"] == 0.0
+    s = result.scalars
+    assert s["localization_precision"] == 1.0 and s["localization_sensitivity"] == 1.0
+    assert s["mean_f1"] == 0.0 and s["class_1_sensitivity"] == 0.0 and s["class_2_precision"] == 0.0
+    seg = result.detail["segmentation"]["per_class"]
+    assert (seg[1]["support"], seg[1]["matched"], seg[2]["predicted"], seg[2]["matched"]) == (1, 0, 1, 0)
+    cls = result.detail["classification"]
+    assert cls["confusion"].tolist() == [[0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    assert cls["confusion_normalised"][0].tolist() == [0.0, 1.0, 0.0, 0.0]
+    assert cls["per_class"][1]["sensitivity"] == 0.0 and cls["per_class"][2]["specificity"] == 0.0
+    assert cls["per_class"][3]["accuracy"] == 1.0  # a true negative for class 3
+    assert s["classification_accuracy"] == 0.0 and s["classification_mean_accuracy"] == 0.0
     assert result.per_image[0]["metastasis"] == "FN"
-
-
-def test_iou_just_under_and_just_over_the_threshold():
-    gt = box(0, 0, 10, 10)  # 100 pixels
-    under = box(0, 0, 10, 5)  # IoU 50/100 = 0.5 exactly: a match (≥)
-    less = box(0, 0, 7, 7)  # IoU 49/100: no match
-    more = box(0, 0, 10, 6)  # IoU 0.6
-    for mask, matched in ((less, 0), (under, 1), (more, 1)):
-        r = ev.image_records([pred([mask], [1], [0.9])], [truth([gt], [1])])[0]
-        assert len(r.pairs) == matched
-    just_over = ev.image_records([pred([box(0, 0, 7, 7)], [1], [0.9])], [truth([gt], [1])], iou_threshold=0.48)
-    assert len(just_over[0].pairs) == 1
+    assert s["ap"] == 0.0 and math.isnan(result.detail["coco"]["per_class"][2]["ap"])
 
 
 def test_class_weighted_means_follow_ground_truth_support():
-    # class 1: 3 lesions, all found; class 3: 1 lesion, missed (predicted as nothing)
-    masks = [box(0, 0, 3, 3), box(5, 0, 8, 3), box(10, 0, 13, 3), box(15, 15, 18, 18)]
-    result = ev.evaluate_lesions([pred(masks[:3], [1, 1, 1], [0.9, 0.8, 0.7])], [truth(masks, [1, 1, 1, 3])], 4)
+    # class 1: 3 lesions, all found; class 3: 1 lesion, missed; a false positive of class 2
+    masks = [box(0, 0, 3, 3), box(5, 0, 8, 3), box(10, 0, 13, 3), box(12, 12, 15, 15)]
+    predictions = [pred([*masks[:3], box(0, 10, 3, 13)], [1, 1, 1, 2], [0.9, 0.8, 0.7, 0.6])]
+    result = ev.evaluate_lesions(predictions, [truth(masks, [1, 1, 1, 3])], 4)
     assert result.scalars["mean_sensitivity"] == pytest.approx(0.75)  # 3/4·1 + 1/4·0
     assert result.scalars["mean_precision"] == pytest.approx(0.75)  # class 3 predicted none: precision 0
+    assert result.scalars["mean_f1"] == pytest.approx(0.75)  # class 2 has no support: weight 0
+    assert result.scalars["localization_precision"] == pytest.approx(0.75)
     assert result.scalars["localization_sensitivity"] == pytest.approx(0.75)
+
+
+def test_other_class_maps_work():
+    result = ev.evaluate_lesions([pred([A, B], [2, 2], [0.9, 0.8])], [truth([A, B], [1, 2])], num_classes=2)
+    assert result.detail["classification"]["confusion"].tolist() == [[0, 1], [0, 1]]
+    assert "class_3_f1" not in result.scalars and result.scalars["class_2_precision"] == 0.5
+    with pytest.raises(ValueError, match="outside 1..2"):
+        ev.evaluate_lesions([pred([A], [3], [0.9])], [truth([A], [1])], num_classes=2)
+
+
+# --- Table 6 -----------------------------------------------------------------------------------------------------
+
+
+def test_classification_one_vs_rest_on_matched_pairs():
+    boxes = [box(x, y, x + 3, y + 3) for x, y in ((0, 0), (5, 0), (10, 0), (0, 5), (5, 5))]
+    gt_labels, pred_labels = [1, 1, 1, 3, 2], [1, 1, 2, 3, 1]
+    unmatched = box(12, 12, 15, 15)  # a false positive: not a pair, so not in Table 6
+    predictions = [pred([*boxes, unmatched], [*pred_labels, 4], [0.9, 0.8, 0.7, 0.6, 0.5, 0.4])]
+    cls = ev.classification_metrics(ev.image_records(predictions, [truth(boxes, gt_labels)]), num_classes=4)
+    assert cls["confusion"].tolist() == [[2, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
+    c1, c2, c3, c4 = (cls["per_class"][c] for c in (1, 2, 3, 4))
+    assert (c1["tp"], c1["fp"], c1["fn"], c1["tn"]) == (2, 1, 1, 1)
+    assert c1["accuracy"] == pytest.approx(3 / 5) and c1["specificity"] == pytest.approx(1 / 2)
+    assert c1["precision"] == pytest.approx(2 / 3) and c1["f1"] == pytest.approx(2 / 3)
+    assert (c2["precision"], c2["sensitivity"]) == (0.0, 0.0) and c2["specificity"] == pytest.approx(3 / 4)
+    assert (c3["accuracy"], c3["f1"]) == (1.0, 1.0) and (c4["support"], c4["specificity"]) == (0, 1.0)
+    assert cls["accuracy"] == pytest.approx(3 / 5)
+    assert cls["mean_accuracy"] == pytest.approx((3 * 0.6 + 0.6 + 1.0) / 5)  # supports 3, 1, 1
+    assert cls["mean_sensitivity"] == pytest.approx((3 * 2 / 3 + 0 + 1) / 5)
+    assert cls["confusion_normalised"][0] == pytest.approx([2 / 3, 1 / 3, 0, 0])
+    assert cls["confusion_normalised"][3].tolist() == [0, 0, 0, 0]  # no support: zeros, not nan
+
+
+# --- Table 7 -----------------------------------------------------------------------------------------------------
 
 
 def test_metastasis_per_image_and_per_patient():
@@ -100,22 +182,82 @@ def test_metastasis_per_image_and_per_patient():
         pred([], [], []),  # P1 posterior: malignant missed -> FN
         pred([B], [1], [0.9]),  # P2 anterior: no malignant truth, malignant predicted -> FP
         pred([], [], []),  # P2 posterior -> TN
-        pred([B], [3], [0.9]),  # P3: only degenerative truth and prediction -> TN
+        pred([B], [3], [0.9]),  # P3 anterior: only degenerative truth and prediction -> TN
+        pred([A, B], [3, 1], [0.9, 0.8]),  # P4 anterior: malignant lesion found as degenerative, FP elsewhere -> FN
+        pred([B], [1], [0.9]),  # P4 posterior: no truth, malignant predicted -> FP
     ]
     targets = [
-        truth([A], [1], "P1"),
-        truth([B], [1], "P1"),
-        truth([A], [3], "P2"),
-        truth([], [], "P2"),
-        truth([B], [3], "P3"),
+        truth([A], [1]),
+        truth([B], [1]),
+        truth([A], [3]),
+        truth([], []),
+        truth([B], [3]),
+        truth([A], [1]),
+        truth([], []),
     ]
-    m = ev.metastasis_metrics(ev.image_records(predictions, targets), malignant_label=1)
-    assert m["outcomes"] == ["TP", "FN", "FP", "TN", "TN"]
-    assert (m["image"]["tp"], m["image"]["fn"], m["image"]["fp"], m["image"]["tn"]) == (1, 1, 1, 2)
-    assert m["image"]["accuracy"] == pytest.approx(3 / 5) and m["image"]["specificity"] == pytest.approx(2 / 3)
-    # patients: P1 TP (one view is enough), P2 FP, P3 TN
-    assert (m["patient"]["tp"], m["patient"]["fp"], m["patient"]["tn"], m["patient"]["fn"]) == (1, 1, 1, 0)
-    assert m["patient"]["recall"] == 1.0 and m["patient"]["precision"] == 0.5
+    patients = ["P1", "P1", "P2", "P2", "P3", "P4", "P4"]
+    m = ev.metastasis_metrics(ev.image_records(predictions, targets, patient_ids=patients), malignant_label=1)
+    assert m["outcomes"] == ["TP", "FN", "FP", "TN", "TN", "FN", "FP"]
+    image = m["image"]
+    assert (image["tp"], image["fp"], image["fn"], image["tn"]) == (1, 2, 2, 2)
+    assert image["accuracy"] == pytest.approx(3 / 7) and image["specificity"] == pytest.approx(2 / 4)
+    assert image["precision"] == pytest.approx(1 / 3) and image["recall"] == pytest.approx(1 / 3)
+    # patients: P1 TP (one view is enough), P2 FP, P3 TN, P4 FN (positive, no TP view, despite its FP view)
+    assert m["patients"] == {"P1": "TP", "P2": "FP", "P3": "TN", "P4": "FN"}
+    patient = m["patient"]
+    assert patient["accuracy"] == 0.5 and patient["recall"] == 0.5 and patient["precision"] == 0.5
+    assert patient["specificity"] == 0.5 and patient["f1"] == pytest.approx(0.5)
+
+
+def test_patient_ids_come_from_targets_or_default_to_one_per_image():
+    predictions = [pred([A], [1], [0.9]), pred([], [], [])]
+    with_ids = ev.evaluate_lesions(predictions, [truth([A], [1], "P"), truth([A], [1], "P")], 4)
+    without = ev.evaluate_lesions(predictions, [truth([A], [1]), truth([A], [1])], 4)
+    assert with_ids.scalars["metastasis_patient_recall"] == 1.0  # one patient, TP through its first view
+    assert without.scalars["metastasis_patient_recall"] == 0.5  # two patients, one missed
+    assert [r["patient_id"] for r in with_ids.per_image] == ["P", "P"]
+    renamed = ev.evaluate_lesions(predictions, [truth([A], [1]), truth([A], [1])], 4, patient_ids=["X", "X"])
+    assert renamed.detail["metastasis"]["patients"] == {"X": "TP"}
+
+
+def test_malignant_label_is_an_argument():
+    predictions, targets = [pred([A], [2], [0.9])], [truth([A], [2])]
+    assert ev.evaluate_lesions(predictions, targets, 4).per_image[0]["metastasis"] == "TN"
+    assert ev.evaluate_lesions(predictions, targets, 4, malignant_label=2).per_image[0]["metastasis"] == "TP"
+
+
+# --- degenerate inputs -----------------------------------------------------------------------------------------
+
+
+def test_no_predictions():
+    result = ev.evaluate_lesions([pred([], [], [])], [truth([A], [1])], num_classes=4)
+    s = result.scalars
+    assert all(v == 0.0 for v in s.values()), {k: v for k, v in s.items() if v != 0.0}
+    assert s["ap"] == 0.0 and s["ap50"] == 0.0 and s["froc_cpm"] == 0.0 and s["pixel_dice"] == 0.0
+    assert result.per_image[0]["metastasis"] == "FN" and result.per_image[0]["localization_fn"] == 1
+    assert result.detail["froc"]["fp_per_image"] == [] and result.detail["coco"]["per_class"][1]["ap"] == 0.0
+
+
+def test_no_ground_truth():
+    result = ev.evaluate_lesions([pred([A], [1], [0.9])], [truth([], [])], num_classes=4)
+    s = result.scalars
+    assert s["localization_precision"] == 0.0 and s["mean_f1"] == 0.0 and s["pixel_precision"] == 0.0
+    assert math.isnan(s["ap"]) and math.isnan(s["ap50"]) and math.isnan(s["ap75"])
+    assert s["froc_cpm"] == 0.0 and result.detail["froc"]["fp_per_image"] == [1.0]
+    assert result.per_image[0]["metastasis"] == "FP" and result.per_image[0]["localization_fp"] == 1
+    assert s["metastasis_image_specificity"] == 0.0 and s["metastasis_image_accuracy"] == 0.0
+    assert [k for k, v in s.items() if math.isnan(v)] == ["ap", "ap50", "ap75"]
+
+
+def test_nothing_at_all():
+    empty = ev.evaluate_lesions([], [], num_classes=4)
+    assert empty.per_image == [] and empty.detail["images"] == 0 and math.isnan(empty.scalars["ap"])
+    blank = ev.evaluate_lesions([pred([], [], [])], [truth([], [])], num_classes=4)
+    assert blank.per_image[0]["metastasis"] == "TN" and blank.scalars["metastasis_image_specificity"] == 1.0
+    assert blank.scalars["pixel_dice"] == 0.0 and blank.scalars["mean_f1"] == 0.0
+
+
+# --- FROC --------------------------------------------------------------------------------------------------------
 
 
 def test_froc_at_known_false_positive_rates():
@@ -123,38 +265,83 @@ def test_froc_at_known_false_positive_rates():
     predictions = [pred([A, B], [1, 1], [0.9, 0.8]), pred([B, A], [1, 1], [0.7, 0.6])]
     targets = [truth([A], [1]), truth([A], [1])]
     curve = ev.froc(ev.image_records(predictions, targets))
+    assert curve["fp_per_image"] == [0.0, 0.5, 1.0, 1.0] and curve["sensitivity"] == [0.5, 0.5, 0.5, 1.0]
+    assert curve["thresholds"] == pytest.approx([0.9, 0.8, 0.7, 0.6])
     points = curve["operating_points"]
-    assert points[0.125] == 0.5  # before any FP
+    assert points[0.125] == 0.5 and points[0.25] == 0.5  # before any FP
     assert points[0.5] == 0.5  # 1 FP over 2 images = 0.5 FP/image, still one lesion found
-    assert points[1.0] == 1.0  # 2 FPs over 2 images -> the 0.6 TP comes in
+    assert points[1.0] == 1.0 and points[8.0] == 1.0  # 2 FPs over 2 images -> the 0.6 TP comes in
     assert curve["cpm"] == pytest.approx((0.5 * 3 + 1.0 * 4) / 7)
+    scalars = ev.evaluate_lesions(predictions, targets, 4).scalars
+    assert scalars["froc_sensitivity_at_0.5"] == 0.5 and scalars["froc_sensitivity_at_1"] == 1.0
 
 
-def test_pixel_dice_with_a_known_overlap():
+def test_froc_keeps_equal_scores_together():
+    # a TP and a FP of the same score: no threshold keeps one without the other
+    curve = ev.froc(ev.image_records([pred([A, B], [1, 1], [0.5, 0.5])], [truth([A], [1])]))
+    assert curve["fp_per_image"] == [1.0] and curve["sensitivity"] == [1.0]
+    assert curve["operating_points"][0.5] == 0.0 and curve["operating_points"][1.0] == 1.0
+
+
+def test_froc_one_matching_equals_rematching_at_every_threshold():
+    rng = np.random.default_rng(1)
+    predictions, targets = [], []
+    for _ in range(5):
+        gts = [box(x, y, x + 4, y + 4) for x, y in rng.integers(0, 12, (2, 2)).tolist()]
+        preds = [box(x, y, x + 4, y + 4) for x, y in rng.integers(0, 12, (6, 2)).tolist()] + gts[:1]
+        predictions.append(pred(preds, [1] * len(preds), rng.random(len(preds)).round(1).tolist()))
+        targets.append(truth(gts, [1, 1]))
+    curve = ev.froc(ev.image_records(predictions, targets))
+    n_truth = sum(len(t["labels"]) for t in targets)
+    for threshold, fp_rate, sensitivity in zip(
+        curve["thresholds"], curve["fp_per_image"], curve["sensitivity"], strict=True
+    ):
+        tp = fp = 0
+        for p, t in zip(predictions, targets, strict=True):
+            keep = p["scores"] >= threshold
+            pairs = match_lesions(p["masks"][keep, 0] > 0.5, p["scores"][keep], t["masks"] > 0)
+            tp, fp = tp + len(pairs), fp + int(keep.sum()) - len(pairs)
+        assert (fp / len(targets), tp / n_truth) == pytest.approx((fp_rate, sensitivity))
+    assert 0 < curve["sensitivity"][-1] and len(set(curve["fp_per_image"])) > 2
+
+
+# --- pixels ------------------------------------------------------------------------------------------------------
+
+
+def test_pixel_dice_with_a_known_overlap_summed_over_images():
     p = pred([box(0, 0, 4, 4)], [1], [0.9])  # 16 px
     t = truth([box(2, 0, 6, 4)], [1])  # 16 px, overlap 8
     pixels = ev.evaluate_lesions([p], [t], 4).detail["pixel"]
     assert pixels["dice"] == pytest.approx(0.5) and pixels["precision"] == pytest.approx(0.5)
+    # a second image with a 16-pixel false positive: tp 8, fp 8 + 16, fn 8 (micro, not a mean of images)
+    result = ev.evaluate_lesions([p, pred([B], [1], [0.9])], [t, truth([], [])], 4)
+    assert result.scalars["pixel_dice"] == pytest.approx(16 / 48)
+    assert result.scalars["pixel_precision"] == pytest.approx(8 / 32)
+    assert result.scalars["pixel_sensitivity"] == pytest.approx(0.5)
+    assert [r["pixel_dice"] for r in result.per_image] == pytest.approx([0.5, 0.0])
 
 
-def test_coco_ap_equals_pycocotools_on_a_fixture():
+def test_pixel_per_class_semantic_maps():
+    # class 1 box (0..4) and class 2 box (2..6) overlap in 8 px; the class 2 prediction scores higher
+    p = pred([box(0, 0, 4, 4), box(2, 0, 6, 4)], [1, 2], [0.5, 0.9])
+    t = truth([box(0, 0, 4, 4)], [1])
+    pixels = ev.evaluate_lesions([p], [t], 4).detail["pixel"]
+    assert pixels["precision"] == pytest.approx(16 / 24) and pixels["sensitivity"] == 1.0  # union, classless
+    per_class = pixels["per_class"]
+    assert per_class[1]["precision"] == 1.0 and per_class[1]["sensitivity"] == 0.5  # 8 of its 16 px
+    assert per_class[2]["precision"] == 0.0 and per_class[2]["support"] == 0 and per_class[1]["support"] == 16
+
+
+# --- COCO AP -----------------------------------------------------------------------------------------------------
+
+
+def _pycocotools_reference(predictions, targets):
     from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    rng = np.random.default_rng(0)
-    predictions, targets = [], []
-    for _ in range(4):
-        gts = [box(*(int(v) for v in (x, y, x + 5, y + 4))) for x, y in rng.integers(0, 14, (3, 2))]
-        labels = rng.integers(1, 5, 3).tolist()
-        shifted = [torch.roll(m, int(rng.integers(0, 3)), dims=1) for m in gts]
-        predictions.append(pred(shifted + [box(0, 15, 4, 19)], [*labels, 2], rng.random(4).tolist()))
-        targets.append(truth(gts, labels))
-    ours = ev.coco_ap(ev.image_records(predictions, targets), num_classes=4)
-
     def rle(m):
-        r = mask_utils.encode(np.asfortranarray(m.numpy().astype(np.uint8)))
-        return r
+        return mask_utils.encode(np.asfortranarray(m.numpy().astype(np.uint8)))
 
     gt_anns, dets = [], []
     for i, (p, t) in enumerate(zip(predictions, targets, strict=True), start=1):
@@ -176,7 +363,7 @@ def test_coco_ap_equals_pycocotools_on_a_fixture():
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO()
         coco.dataset = {
-            "images": [{"id": i, "height": SIZE, "width": SIZE} for i in range(1, 5)],
+            "images": [{"id": i, "height": SIZE, "width": SIZE} for i in range(1, len(targets) + 1)],
             "annotations": gt_anns,
             "categories": [{"id": c} for c in range(1, 5)],
         }
@@ -185,22 +372,176 @@ def test_coco_ap_equals_pycocotools_on_a_fixture():
         reference.evaluate()
         reference.accumulate()
         reference.summarize()
+    return reference.stats
+
+
+def test_coco_ap_equals_pycocotools_on_a_fixture():
+    rng = np.random.default_rng(0)
+    predictions, targets = [], []
+    for _ in range(4):
+        gts = [box(x, y, x + 5, y + 4) for x, y in rng.integers(0, 11, (3, 2)).tolist()]
+        labels = rng.integers(1, 5, 3).tolist()
+        shifted = [torch.roll(m, int(rng.integers(0, 3)), dims=1) for m in gts]
+        predictions.append(pred([*shifted, box(0, 12, 4, 16)], [*labels, 2], rng.random(4).tolist()))
+        targets.append(truth(gts, labels))
+    ours = ev.coco_ap(ev.image_records(predictions, targets), num_classes=4)
+    reference = _pycocotools_reference(predictions, targets)
     assert 0 < ours["ap"] < 1
-    assert ours["ap"] == pytest.approx(reference.stats[0]) and ours["ap50"] == pytest.approx(reference.stats[1])
+    assert (ours["ap"], ours["ap50"], ours["ap75"]) == pytest.approx(tuple(reference[:3]))
+    defined = [v["ap"] for v in ours["per_class"].values() if not math.isnan(v["ap"])]
+    assert np.mean(defined) == pytest.approx(ours["ap"])  # COCO averages the classes that have ground truth
 
 
-def test_ignite_metric_equals_the_plain_function():
-    predictions = [pred([A, B], [1, 2], [0.9, 0.4]), pred([B], [3], [0.8]), pred([], [], [])]
-    targets = [truth([A], [1], "P1"), truth([B], [1], "P1"), truth([A, B], [4, 3], "P2")]
-    batches = [(predictions[:2], targets[:2]), (predictions[2:], targets[2:])]
+def test_coco_ap_by_hand():
+    # class 1 perfect (AP 1 at every IoU); class 2 at IoU 0.72: matched at 0.50 … 0.70, missed at 0.75 … 0.95
+    partial = box(0, 0, 9, 8)  # 72 pixels inside GT10
+    predictions = [pred([B, partial], [1, 2], [0.9, 0.8])]
+    targets = [truth([B, GT10], [1, 2])]
+    coco = ev.coco_ap(ev.image_records(predictions, targets), num_classes=4)
+    assert coco["per_class"][1]["ap"] == pytest.approx(1.0) and coco["per_class"][2]["ap"] == pytest.approx(0.5)
+    assert coco["ap"] == pytest.approx(0.75) and coco["ap50"] == pytest.approx(1.0)
+    assert coco["ap75"] == pytest.approx(0.5) and math.isnan(coco["per_class"][3]["ap"])
+
+
+def test_coco_ap_keeps_max_detections_per_image():
+    # the true positive scores lowest of three: AP 1/3 with the COCO 100, 0 when only two detections count
+    predictions = [pred([B, box(10, 0, 14, 4), A], [1, 1, 1], [0.9, 0.8, 0.7])]
+    records = ev.image_records(predictions, [truth([A], [1])])
+    assert ev.coco_ap(records, 4)["ap50"] == pytest.approx(1 / 3)
+    assert ev.coco_ap(records, 4, max_detections=2)["ap50"] == 0.0
+
+
+# --- names, ignite -----------------------------------------------------------------------------------------------
+
+
+def test_scalar_names():
+    scalars = ev.evaluate_lesions([pred([A], [1], [0.9])], [truth([A], [1])], 4, prefix="test_").scalars
+    expected = {
+        "mean_precision",
+        "mean_sensitivity",
+        "mean_f1",
+        *(f"class_{c}_{k}" for c in range(1, 5) for k in ("precision", "sensitivity", "f1")),
+        "localization_precision",
+        "localization_sensitivity",
+        "localization_f1",
+        "classification_accuracy",
+        *(f"classification_mean_{k}" for k in ("accuracy", "precision", "sensitivity", "specificity", "f1")),
+        *(
+            f"metastasis_{level}_{k}"
+            for level in ("image", "patient")
+            for k in ("accuracy", "precision", "recall", "specificity", "f1")
+        ),
+        "ap",
+        "ap50",
+        "ap75",
+        "froc_cpm",
+        *(f"froc_sensitivity_at_{r}" for r in RATES),
+        "pixel_dice",
+        "pixel_precision",
+        "pixel_sensitivity",
+    }
+    assert set(scalars) == {f"test_{k}" for k in expected}
+    assert all(re.fullmatch(r"[A-Za-z0-9_\-./]+", k) for k in scalars)
+    assert all(isinstance(v, float) for v in scalars.values())
+
+
+def _fixture():
+    predictions = [
+        pred([A, B], [1, 2], [0.9, 0.4]),
+        pred([B], [3], [0.8]),
+        pred([], [], []),
+        pred([iou_051(), B], [4, 1], [0.7, 0.3]),
+    ]
+    targets = [truth([A], [1]), truth([B], [1]), truth([A, B], [4, 3]), truth([GT10], [4])]
+    return predictions, targets, ["P1", "P1", "P2", "P3"]
+
+
+def test_ignite_metric_equals_the_plain_function_and_resets():
+    predictions, targets, patients = _fixture()
+    batches = [(predictions[:2], targets[:2], patients[:2]), (predictions[2:], targets[2:], patients[2:])]
     engine = Engine(lambda e, batch: batch)
     metric = ev.LesionMetrics(num_classes=4, prefix="test_")
     metric.attach(engine, "test")
     LesionF1(num_classes=4).attach(engine, "test_mean_f1_key")
+    expected = ev.evaluate_lesions(predictions, targets, 4, patient_ids=patients, prefix="test_")
+    for _ in range(2):  # a second run must not accumulate the first
+        engine.run(batches, max_epochs=1)
+        metrics = dict(engine.state.metrics)
+        assert set(metrics) == {*expected.scalars, "test_mean_f1_key"}  # flat: no dict under "test"
+        assert metrics == pytest.approx({**expected.scalars, "test_mean_f1_key": expected.scalars["test_mean_f1"]})
+    # patients: P1 TP, P2 TN, P3 FP (a malignant prediction on its image without malignant truth)
+    assert expected.detail["metastasis"]["patients"] == {"P1": "TP", "P2": "TN", "P3": "FP"}
+    assert 0 < expected.scalars["test_mean_f1"] < 1 and expected.scalars["test_metastasis_patient_precision"] == 0.5
+    assert metric.last_result is not None and metric.last_result.per_image == expected.per_image
+    assert [row["patient_id"] for row in metric.last_result.per_image] == patients
+    assert metric.last_result.detail["classification"]["confusion"].tolist() == (
+        expected.detail["classification"]["confusion"].tolist()
+    )
+
+
+def test_lesion_f1_key_metric_takes_binary_masks():
+    predictions, targets, _ = _fixture()
+    binary = [{**p, "masks": p["masks"][:, 0] > 0.5} for p in predictions]
+    metric = LesionF1(num_classes=4)
+    metric.update((binary, targets))
+    assert metric.compute() == pytest.approx(ev.evaluate_lesions(predictions, targets, 4).scalars["mean_f1"])
+
+
+def _distributed_worker(rank, world_size, init_file, out_dir):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        predictions, targets, patients = _fixture()
+        metric = ev.LesionMetrics(num_classes=4)
+        metric.update((predictions[rank::world_size], targets[rank::world_size], patients[rank::world_size]))
+        scalars = metric.compute()
+        torch.save({"scalars": scalars, "patients": metric.last_result.detail["metastasis"]["patients"]}, out_dir[rank])
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ignite_metric_gathers_every_rank():
+    predictions, targets, patients = _fixture()
+    expected = ev.evaluate_lesions(predictions, targets, 4, patient_ids=patients)
+    with tempfile.TemporaryDirectory() as tmp:
+        outputs = [os.path.join(tmp, f"rank{r}.pt") for r in range(2)]
+        torch.multiprocessing.spawn(
+            _distributed_worker, args=(2, os.path.join(tmp, "init"), outputs), nprocs=2, join=True
+        )
+        results = [torch.load(o) for o in outputs]
+    for result in results:  # every rank sees all images; rank order does not change any scalar here
+        assert result["scalars"] == pytest.approx(expected.scalars, nan_ok=True)
+        assert result["patients"] == expected.detail["metastasis"]["patients"]
+
+
+def test_ignite_metric_without_patient_ids_counts_each_image_as_a_patient():
+    # same position in two batches must not make two images one patient
+    batches = [([pred([A], [1], [0.9])], [truth([A], [1])]), ([pred([], [], [])], [truth([A], [1])])]
+    engine = Engine(lambda e, batch: batch)
+    metric = ev.LesionMetrics(num_classes=4)
+    metric.attach(engine, "lesions")
     engine.run(batches, max_epochs=1)
-    expected = ev.evaluate_lesions(predictions, targets, 4).scalars
-    for key, value in expected.items():
-        assert engine.state.metrics[f"test_{key}"] == pytest.approx(value, nan_ok=True), key
-    assert engine.state.metrics["test_mean_f1_key"] == pytest.approx(expected["mean_f1"])
-    assert metric.last_result is not None and len(metric.last_result.per_image) == 3
-    assert [row["patient_id"] for row in metric.last_result.per_image] == ["P1", "P1", "P2"]
+    assert engine.state.metrics["metastasis_patient_recall"] == 0.5
+    assert metric.last_result.detail["metastasis"]["patients"] == {"image_0": "TP", "image_1": "FN"}
+    assert [row["index"] for row in metric.last_result.per_image] == [0, 1]
+
+
+def test_per_image_rows_name_images_by_path_and_view():
+    target = {**truth([A], [1], "P7"), "image_path": "scans/p7.dcm", "view": "posterior"}
+    row = ev.evaluate_lesions([pred([A, B], [1, 1], [0.9, 0.8])], [target], 4).per_image[0]
+    assert row == {
+        "index": 0,
+        "image": "scans/p7.dcm:posterior",
+        "patient_id": "P7",
+        "ground_truth": 1,
+        "predicted": 2,
+        "localization_tp": 1,
+        "localization_fp": 1,
+        "localization_fn": 0,
+        "matched_same_class": 1,
+        "malignant_ground_truth": 1,
+        "malignant_predicted": 2,
+        "metastasis": "TP",
+        "pixel_dice": pytest.approx(2 * 16 / (2 * 16 + 16)),
+    }

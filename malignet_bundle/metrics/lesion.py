@@ -1,10 +1,12 @@
-"""Lesion instance-segmentation metrics of thesis §3.8 (Table 4) and an ignite metric for the evaluators.
+"""Lesion matching, the Table 4 counts (thesis §3.8) and the cheap key metric :class:`LesionF1`.
 
 Matching: a predicted lesion matches a ground-truth lesion when their mask IoU is at least ``iou_threshold``
-(0.5), one-to-one, greedily in descending score, regardless of class. Per class c, precision is the number of
-predictions of class c matched to a ground-truth lesion of class c over the predictions of class c, and
-sensitivity the same count over the ground-truth lesions of class c; the mean precision, sensitivity and F1
-weight the classes by their ground-truth support.
+(0.5), one-to-one, greedily in descending score (ties: lower prediction index first), regardless of class.
+Per class c, precision is the number of predictions of class c matched to a ground-truth lesion of class c
+over the predictions of class c, and sensitivity the same count over the ground-truth lesions of class c;
+the mean precision, sensitivity and F1 weight the classes by their ground-truth support.
+
+A ratio with a zero denominator is 0.0 (:func:`safe_ratio`), here and in every other metrics module.
 """
 
 from __future__ import annotations
@@ -16,47 +18,138 @@ import numpy as np
 import torch
 from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
+from pycocotools import mask as mask_utils
 
-__all__ = ["mask_iou", "match_lesions", "LesionCounts", "class_weighted_f1", "LesionF1"]
+__all__ = [
+    "safe_ratio",
+    "f1_score",
+    "binarize_masks",
+    "encode_masks",
+    "rle_iou",
+    "mask_iou",
+    "greedy_match",
+    "match_lesions",
+    "LesionCounts",
+    "class_weighted_f1",
+    "LesionF1",
+]
+
+
+def safe_ratio(numerator: float, denominator: float) -> float:
+    """``numerator / denominator``, or 0.0 when the denominator is zero."""
+    return float(numerator) / float(denominator) if denominator > 0 else 0.0
+
+
+def f1_score(precision: float, sensitivity: float) -> float:
+    """Harmonic mean of precision and sensitivity (0.0 when both are zero)."""
+    return safe_ratio(2 * precision * sensitivity, precision + sensitivity)
+
+
+def binarize_masks(masks: Any, threshold: float = 0.5) -> torch.Tensor:
+    """Instance masks as a (N, H, W) bool tensor on the CPU.
+
+    Args:
+        masks: (N, 1, H, W) or (N, H, W); floating point masks are probabilities (``> threshold``), integer or
+            bool masks are labels (``> 0``).
+        threshold: probability above which a pixel belongs to the lesion.
+    """
+    masks = torch.as_tensor(masks).detach().cpu()
+    if masks.dim() == 4:
+        masks = masks[:, 0]
+    if masks.dtype == torch.bool:
+        return masks
+    return masks > threshold if masks.is_floating_point() else masks != 0
+
+
+def encode_masks(masks: torch.Tensor | np.ndarray) -> list[dict]:
+    """(N, H, W) binary masks → N COCO run-length encodings (``pycocotools.mask.encode``)."""
+    masks = np.asarray(masks)
+    if len(masks) == 0:
+        return []
+    return mask_utils.encode(np.asfortranarray(np.moveaxis(masks, 0, -1).astype(np.uint8)))
+
+
+def rle_iou(pred_rles: Sequence[dict], gt_rles: Sequence[dict]) -> np.ndarray:
+    """(P, G) IoU of COCO run-length encodings (``pycocotools.mask.iou``, no crowd; 0 where both are empty)."""
+    if len(pred_rles) == 0 or len(gt_rles) == 0:
+        return np.zeros((len(pred_rles), len(gt_rles)))
+    return np.asarray(mask_utils.iou(list(pred_rles), list(gt_rles), [0] * len(gt_rles)), dtype=float)
 
 
 def mask_iou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """(P, H, W) × (G, H, W) binary masks → (P, G) IoU."""
-    if pred.shape[0] == 0 or gt.shape[0] == 0:
-        return torch.zeros((pred.shape[0], gt.shape[0]))
-    p = pred.flatten(1).float()
-    g = gt.flatten(1).float()
-    inter = p @ g.T
-    union = p.sum(1, keepdim=True) + g.sum(1) - inter
-    return inter / union.clamp(min=1)
+    """(P, H, W) × (G, H, W) binary masks → (P, G) IoU (float64; 0 where both masks are empty).
+
+    Computed on run-length encodings by pycocotools (the IoU COCO AP uses), several times faster on the CPU
+    than a dense product for detector-sized masks.
+    """
+    pred, gt = binarize_masks(pred), binarize_masks(gt)
+    return torch.from_numpy(rle_iou(encode_masks(pred.numpy()), encode_masks(gt.numpy())))
+
+
+def greedy_match(iou: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.5) -> list[tuple[int, int]]:
+    """One-to-one (prediction, ground truth) pairs from a (P, G) IoU matrix, greedy in descending score.
+
+    In descending score (stable: equal scores keep their order), each prediction takes the still unmatched
+    ground-truth lesion of highest IoU (ties: the lower index) if that IoU reaches ``iou_threshold``. A
+    prediction's match therefore depends only on the predictions scored above it.
+    """
+    iou = np.asarray(iou, dtype=float)
+    if iou.size == 0:
+        return []
+    available = np.ones(iou.shape[1], dtype=bool)
+    pairs = []
+    for p in np.argsort(-np.asarray(scores, dtype=float), kind="stable").tolist():
+        row = np.where(available, iou[p], -1.0)
+        g = int(row.argmax())
+        if row[g] >= iou_threshold:
+            pairs.append((p, g))
+            available[g] = False
+            if not available.any():
+                break
+    return pairs
 
 
 def match_lesions(
     pred_masks: torch.Tensor, pred_scores: torch.Tensor, gt_masks: torch.Tensor, iou_threshold: float = 0.5
 ) -> list[tuple[int, int]]:
-    """One-to-one (prediction, ground truth) pairs with mask IoU ≥ ``iou_threshold``, greedy by score."""
-    iou = mask_iou(pred_masks, gt_masks)
-    pairs, taken = [], set()
-    for p in torch.argsort(pred_scores, descending=True).tolist():
-        if iou.shape[1] == 0:
-            break
-        candidates = [(float(iou[p, g]), g) for g in range(iou.shape[1]) if g not in taken]
-        if not candidates:
-            break
-        best_iou, best = max(candidates)
-        if best_iou >= iou_threshold:
-            pairs.append((p, best))
-            taken.add(best)
-    return pairs
+    """One-to-one (prediction, ground truth) pairs with mask IoU ≥ ``iou_threshold``, greedy by score.
+
+    Args:
+        pred_masks: (P, H, W) binary predicted masks.
+        pred_scores: (P,) scores.
+        gt_masks: (G, H, W) binary ground-truth masks.
+        iou_threshold: the smallest mask IoU of a match.
+
+    Returns:
+        The pairs of :func:`greedy_match` on :func:`mask_iou`.
+    """
+    scores = torch.as_tensor(pred_scores).detach().cpu().double().numpy()
+    return greedy_match(mask_iou(pred_masks, gt_masks).numpy(), scores, iou_threshold)
 
 
 class LesionCounts:
-    """Per-class counts accumulated over images: predicted, ground truth, and matched with the right class."""
+    """Per-class counts accumulated over images: predicted, ground truth, and matched with the right class.
+
+    Arrays are indexed by class label (index 0, background, stays unused).
+    """
 
     def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
         self.predicted = np.zeros(num_classes + 1, dtype=np.int64)
         self.ground_truth = np.zeros(num_classes + 1, dtype=np.int64)
         self.matched = np.zeros(num_classes + 1, dtype=np.int64)
+
+    def add(self, pred_labels: np.ndarray, gt_labels: np.ndarray, pairs: Sequence[tuple[int, int]]) -> None:
+        """Add one image given its labels and matched (prediction, ground truth) pairs."""
+        pred_labels, gt_labels = np.asarray(pred_labels, dtype=np.int64), np.asarray(gt_labels, dtype=np.int64)
+        for name, labels in (("predicted", pred_labels), ("ground-truth", gt_labels)):
+            if labels.size and (labels.min() < 1 or labels.max() > self.num_classes):
+                raise ValueError(f"{name} labels {np.unique(labels).tolist()} outside 1..{self.num_classes}")
+        np.add.at(self.predicted, pred_labels, 1)
+        np.add.at(self.ground_truth, gt_labels, 1)
+        for p, g in pairs:
+            if pred_labels[p] == gt_labels[g]:
+                self.matched[gt_labels[g]] += 1
 
     def update(
         self,
@@ -67,18 +160,16 @@ class LesionCounts:
         gt_labels: torch.Tensor,
         iou_threshold: float = 0.5,
     ) -> None:
-        """Add one image's predictions and ground truth."""
-        np.add.at(self.predicted, pred_labels.cpu().numpy().astype(int), 1)
-        np.add.at(self.ground_truth, gt_labels.cpu().numpy().astype(int), 1)
-        for p, g in match_lesions(pred_masks.cpu(), pred_scores.cpu(), gt_masks.cpu(), iou_threshold):
-            if int(pred_labels[p]) == int(gt_labels[g]):
-                self.matched[int(gt_labels[g])] += 1
+        """Match one image's (binary) predicted masks to its ground truth and add the counts."""
+        pairs = match_lesions(pred_masks, pred_scores, gt_masks, iou_threshold)
+        self.add(pred_labels.cpu().numpy(), gt_labels.cpu().numpy(), pairs)
 
 
 def class_weighted_f1(counts: LesionCounts) -> dict[str, Any]:
     """Mean precision, sensitivity and F1 over classes weighted by ground-truth support (thesis Table 4).
 
     Also returns the per-class values as arrays (``precision``, ``sensitivity``, ``f1``; index 0 is class 1).
+    Without any ground-truth lesion the means are 0.0.
     """
     support = counts.ground_truth[1:].astype(float)
     precision = np.divide(
@@ -107,12 +198,14 @@ class LesionF1(Metric):
     """Ignite metric: class-weighted mean F1 of lesion instance segmentation (the key validation metric).
 
     Expects ``output_transform`` to return ``(predictions, targets)``: lists of per-image dicts with
-    ``masks``/``labels``/``scores`` and ``masks``/``labels``. Predicted masks are binarised at 0.5.
+    ``masks``/``labels``/``scores`` and ``masks``/``labels``. Masks are binarised by :func:`binarize_masks`.
+    Only counts are kept, summed over ranks under DistributedDataParallel.
 
     Args:
         num_classes: lesion classes (background excluded).
         iou_threshold: mask IoU for a match.
         output_transform: engine output → (predictions, targets).
+        device: where the counts are accumulated.
     """
 
     def __init__(
@@ -131,14 +224,17 @@ class LesionF1(Metric):
         self._counts = torch.zeros((3, self.num_classes + 1), dtype=torch.long, device=self._device)
 
     @reinit__is_reduced
-    def update(self, output: tuple[Sequence[dict], Sequence[dict]]) -> None:
-        """Add a batch of per-image predictions and targets."""
+    def update(self, output: Sequence[Sequence[dict]]) -> None:
+        """Add a batch of per-image predictions and targets (a third item, e.g. patient ids, is ignored)."""
         counts = LesionCounts(self.num_classes)
-        for pred, target in zip(*output, strict=True):
-            masks = pred["masks"]
-            masks = (masks[:, 0] if masks.dim() == 4 else masks) > 0.5
+        for pred, target in zip(output[0], output[1], strict=True):
             counts.update(
-                masks, pred["labels"], pred["scores"], target["masks"] > 0, target["labels"], self.iou_threshold
+                binarize_masks(pred["masks"]),
+                torch.as_tensor(pred["labels"]),
+                torch.as_tensor(pred["scores"]),
+                binarize_masks(target["masks"]),
+                torch.as_tensor(target["labels"]),
+                self.iou_threshold,
             )
         self._counts += torch.as_tensor(
             np.stack([counts.predicted, counts.ground_truth, counts.matched]), device=self._device
