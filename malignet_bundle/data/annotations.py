@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -73,6 +74,27 @@ class ViewAnnotation:
         return out
 
 
+def json_rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO compressed RLE of a binary (H, W) mask, as JSON types (``pycocotools.mask.decode`` reads it)."""
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask).astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def to_json_types(value: Any) -> Any:
+    """``value`` with mappings, tuples, numpy scalars/arrays and paths turned into plain JSON types."""
+    if isinstance(value, Mapping):
+        return {str(k): to_json_types(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_types(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_json_types(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
     """Write JSON through a temporary file and an atomic rename."""
     path = Path(path)
@@ -116,12 +138,12 @@ def to_coco_image(
         image["chest_bbox"] = [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)]
     annotations = []
     for k, (m, name) in enumerate(zip(masks, class_names, strict=True)):
-        rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+        rle = json_rle(m)
         annotations.append({
             "id": first_annotation_id + k,
             "image_id": image_id,
             "category_id": class_map.label(name),
-            "segmentation": {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")},
+            "segmentation": rle,
             "area": int(mask_utils.area(rle)),
             "bbox": [float(v) for v in mask_utils.toBbox(rle)],
             "iscrowd": 0,

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from malignet_bundle.data.annotations import write_json_atomic
+from malignet_bundle.data.annotations import to_json_types, write_json_atomic
 
 __all__ = [
     "write_text_atomic",
@@ -145,14 +145,4 @@ def markdown_tables(per_class: Mapping[str, Mapping[str, float]], columns: Seque
 
 def write_metrics_json(scalars: Mapping[str, float], detail: Mapping[str, Any], path: str | os.PathLike) -> None:
     """``{"metrics": scalars, "detail": detail}`` as JSON (numpy values turned into plain numbers)."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return {str(k): plain(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple, np.ndarray)):
-            return [plain(v) for v in value]
-        if isinstance(value, np.generic):
-            return value.item()
-        return value
-
-    write_json_atomic({"metrics": plain(scalars), "detail": plain(detail)}, path)
+    write_json_atomic({"metrics": to_json_types(scalars), "detail": to_json_types(detail)}, path)

@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
-from malignet_bundle.data.annotations import write_json_atomic
+from malignet_bundle.data.annotations import json_rle, to_json_types, write_json_atomic
 from malignet_bundle.data.class_map import ClassMap
 from malignet_bundle.outputs.prediction import StudyPrediction
 
@@ -47,26 +46,6 @@ _CONVENTIONS = {
     "mask": "COCO RLE of the whole frame (pycocotools.mask.decode)",
     "pixel_spacing_mm": "[row spacing, column spacing] (DICOM PixelSpacing order)",
 }
-
-
-def _plain(value: Any) -> Any:
-    """``value`` with numpy scalars/arrays, tuples and paths turned into JSON types (for ``model``)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return value
-
-
-def _rle(mask: np.ndarray) -> dict[str, Any]:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def _sources(study: StudyPrediction) -> list[dict[str, Any]]:
@@ -153,7 +132,7 @@ def build_report(
                 "area_mm2": area * row_mm * col_mm,
             }
             if mask_encoding == "coco-rle":
-                lesion["mask"] = _rle(mask)
+                lesion["mask"] = json_rle(mask)
             lesions.append(lesion)
     malignant = [lesion["id"] for lesion in lesions if lesion["class_label"] == int(malignant_label)]
     return {
@@ -163,7 +142,7 @@ def build_report(
         "study_instance_uid": sources[0]["study_instance_uid"] if sources else "",
         "pixel_spacing_mm": [row_mm, col_mm],
         "conventions": dict(_CONVENTIONS),
-        "model": _plain(dict(model)) if model is not None else None,
+        "model": to_json_types(dict(model)) if model is not None else None,
         "classes": {str(label): name for label, name in enumerate(class_map.names, start=1)},
         "sources": sources,
         "views": views,
