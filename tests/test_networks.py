@@ -195,3 +195,16 @@ def test_torchscript_export_matches_eager(tmp_path, switches):
         assert len(a["boxes"]) > 0
         for key in ("boxes", "labels", "scores", "masks"):
             torch.testing.assert_close(a[key], b[key])
+
+
+def test_cpu_sized_network_for_the_benchmark():
+    """A ResNet-18 body with a narrow pyramid: same parts, same losses, sizes where they should be."""
+    torch.manual_seed(3)
+    net = MaligNet(image_size=SIZE, backbone="resnet18", pyramid_channels=32, representation_size=64)
+    assert net.global_embedding.embed[0].in_channels == 512  # ResNet-18's C5
+    assert net.backbone.out_channels == 32 and net.roi_heads.mask_head[0][0].in_channels == 32
+    losses = net(_images(2, 1), [_target(1), _target(2)], unlabeled=_images(2, 3))
+    assert set(losses) == {*SUPERVISED_LOSS_KEYS, LADDER_LOSS_KEY}
+    assert all(torch.isfinite(v) for v in losses.values())
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        MaligNet(backbone="vgg16")

@@ -17,12 +17,12 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models import resnet50
+from torchvision.models import resnet18, resnet34, resnet50
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -34,7 +34,7 @@ from malignet_bundle.networks.global_features import (
 )
 from malignet_bundle.networks.lfpn import LadderFPN
 
-__all__ = ["MaligNet", "LESION_ANCHOR_SIZES", "SUPERVISED_LOSS_KEYS", "LADDER_LOSS_KEY"]
+__all__ = ["MaligNet", "BACKBONES", "LESION_ANCHOR_SIZES", "SUPERVISED_LOSS_KEYS", "LADDER_LOSS_KEY"]
 
 # Anchors fitted to lesions in 320×320 chest crops of the synthetic data: lesion √area spans 11–32 px
 # (5th–100th percentile, median 15), so P2…P6 carry 8…128 px anchors. The thesis's 32…512 (Table 11)
@@ -43,6 +43,12 @@ LESION_ANCHOR_SIZES = ((8,), (16,), (32,), (64,), (128,))
 SUPERVISED_LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
 LADDER_LOSS_KEY = "loss_ladder"
 _RESNET_LAYERS = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
+# channels of C2…C5 per torchvision ResNet; ResNet-18/34 exist for CPU-sized experiments only
+BACKBONES = {
+    "resnet50": (resnet50, (256, 512, 1024, 2048)),
+    "resnet34": (resnet34, (64, 128, 256, 512)),
+    "resnet18": (resnet18, (64, 128, 256, 512)),
+}
 
 
 class MaligNet(MaskRCNN):
@@ -69,6 +75,10 @@ class MaligNet(MaskRCNN):
         box_score_thresh: minimum detection confidence at inference (Table 11: 0.7; evaluate with a lower
             one for AP and FROC).
         box_detections_per_img: most detections per image (Table 11: 100).
+        backbone: ``"resnet50"`` (thesis) or a smaller ResNet (``"resnet34"``, ``"resnet18"``) for CPU-sized
+            experiments such as the ``cpu`` profile of ``scripts/benchmark_ssl.py``.
+        pyramid_channels: channels of every pyramid level and of the mask head (Table 11: 256).
+        representation_size: width of the box head's two fully connected layers (Table 11: 1024).
         kwargs: passed on to torchvision's ``MaskRCNN`` (e.g. ``rpn_pre_nms_top_n_train``).
     """
 
@@ -93,16 +103,24 @@ class MaligNet(MaskRCNN):
         box_batch_size_per_image: int = 200,
         box_score_thresh: float = 0.7,
         box_detections_per_img: int = 100,
+        backbone: str = "resnet50",
+        pyramid_channels: int = 256,
+        representation_size: int = 1024,
         **kwargs: object,
     ) -> None:
-        body = resnet50(weights=None, norm_layer=nn.BatchNorm2d)  # thesis: trained from scratch
+        if backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
+        make_body, channels = BACKBONES[backbone]
+        body = make_body(weights=None, norm_layer=nn.BatchNorm2d)  # thesis: trained from scratch
         body.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        in_channels_list = [256, 512, 1024, 2048]
-        backbone = BackboneWithFPN(body, _RESNET_LAYERS, in_channels_list, 256, extra_blocks=LastLevelMaxPool())
+        in_channels_list = list(channels)
+        body_with_fpn = BackboneWithFPN(
+            body, _RESNET_LAYERS, in_channels_list, pyramid_channels, extra_blocks=LastLevelMaxPool()
+        )
         if ladder:
-            backbone.fpn = LadderFPN(
+            body_with_fpn.fpn = LadderFPN(
                 in_channels_list,
-                256,
+                pyramid_channels,
                 extra_blocks=LastLevelMaxPool(),
                 noise_ratio=noise_ratio,
                 decoder_kernel_size=decoder_kernel_size,
@@ -112,17 +130,17 @@ class MaligNet(MaskRCNN):
                 combinator=ladder_combinator,
             )
         names = ["0", "1", "2", "3"]
-        representation = 1024
+        representation = representation_size
         if global_features:
             box_roi_pool: MultiScaleRoIAlign = GlobalContextRoIPool(names, output_size=7, sampling_ratio=2)
-            box_head: nn.Module = GlobalFeatureBoxHead(256 * 7 * 7, representation, global_channels)
+            box_head: nn.Module = GlobalFeatureBoxHead(pyramid_channels * 7 * 7, representation, global_channels)
             predictor_in = representation + global_channels
         else:
             box_roi_pool = MultiScaleRoIAlign(featmap_names=names, output_size=7, sampling_ratio=2)
-            box_head, predictor_in = TwoMLPHead(256 * 7 * 7, representation), representation
+            box_head, predictor_in = TwoMLPHead(pyramid_channels * 7 * 7, representation), representation
         anchors = AnchorGenerator(anchor_sizes, (tuple(aspect_ratios),) * len(anchor_sizes))
         super().__init__(
-            backbone,
+            body_with_fpn,
             num_classes=None,
             min_size=image_size,
             max_size=image_size,
@@ -137,10 +155,13 @@ class MaligNet(MaskRCNN):
             box_batch_size_per_image=box_batch_size_per_image,
             box_score_thresh=box_score_thresh,
             box_detections_per_img=box_detections_per_img,
-            mask_predictor=MaskRCNNPredictor(256, 256, num_classes),
+            mask_head=MaskRCNNHeads(pyramid_channels, (pyramid_channels,) * 4, 1),
+            mask_predictor=MaskRCNNPredictor(pyramid_channels, pyramid_channels, num_classes),
             **kwargs,
         )
-        self.global_embedding = GlobalFeatureEmbedding(2048, global_channels) if global_features else None
+        self.global_embedding = (
+            GlobalFeatureEmbedding(in_channels_list[-1], global_channels) if global_features else None
+        )
         self.num_classes = num_classes
 
     @property
