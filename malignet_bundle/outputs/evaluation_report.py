@@ -24,6 +24,7 @@ __all__ = [
     "plot_confusion_matrix",
     "plot_froc",
     "markdown_tables",
+    "save_figure",
 ]
 
 
@@ -48,7 +49,8 @@ def write_per_image_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLi
     write_text_atomic(buffer.getvalue(), path)
 
 
-def _save_figure(fig: Any, path: str | os.PathLike) -> None:
+def save_figure(fig: Any, path: str | os.PathLike) -> None:
+    """Save a matplotlib figure as PNG through a temporary file and an atomic rename, then close it."""
     import matplotlib.pyplot as plt
 
     path = Path(path)
@@ -87,7 +89,7 @@ def plot_confusion_matrix(counts: np.ndarray, class_names: Sequence[str], path: 
     ax.set_xlabel("predicted class")
     ax.set_ylabel("ground-truth class")
     ax.set_title("lesion classification (matched lesions, row-normalised)")
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def plot_froc(
@@ -123,7 +125,7 @@ def plot_froc(
     ax.set_ylabel("lesion sensitivity")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def markdown_tables(per_class: Mapping[str, Mapping[str, float]], columns: Sequence[str], title: str = "") -> str:

@@ -1,0 +1,605 @@
+"""The semi-supervised evidence: thesis Table 4 ablation and the Fig. 19/20 data sweeps, through the bundle.
+
+Every run is an ordinary bundle training (``configs/train.json``, with ``baseline.json`` for the rows
+without the ladder and ``self_training.json`` for the self-training row) followed by the bundle evaluation
+(``configs/evaluate.json``) on one fixed test split. What a run changes is written to its own folder as a
+config file merged last (``overrides.json``) next to the datalist it trained on, so any single run can be
+repeated with ``python -m monai.bundle run``. A run that finished has ``result.json`` and is skipped on the
+next call; one that was interrupted resumes from its latest checkpoint (the bundle's ``resume``).
+
+Deterministic preprocessing (DICOM read, chest detection, crop) is cached once per profile with MONAI's
+``PersistentDataset``, so the runs differ only in what they are meant to differ in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from malignet_bundle.data.annotations import write_json_atomic
+from malignet_bundle.data.datalist import load_datalist
+from malignet_bundle.networks.malignet import LESION_ANCHOR_SIZES
+
+__all__ = [
+    "VARIANTS",
+    "PROFILES",
+    "SWEEPS",
+    "Profile",
+    "RunSpec",
+    "plan_runs",
+    "prepare_dataset",
+    "subset_datalist",
+    "run_overrides",
+    "execute_run",
+    "aggregate",
+    "write_report",
+]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+# variant → (Table 4 row, ladder FPN, global features, self-training)
+VARIANTS: dict[str, tuple[str, bool, bool, bool]] = {
+    "fpn": ("ResNet + FPN (Mask R-CNN)", False, False, False),
+    "fpn_global": ("ResNet + FPN w/ global features", False, True, False),
+    "lfpn": ("ResNet + LFPN w/o global features", True, False, False),
+    "malignet": ("ResNet + LFPN w/ global features (MaligNet)", True, True, False),
+    "malignet_st": ("MaligNet + self-training", True, True, True),
+}
+TABLE4_VARIANTS = ("fpn", "fpn_global", "lfpn", "malignet", "malignet_st")
+SWEEPS = ("table4", "labeled", "unlabeled")
+# the Tables 4–7 figures the report shows, in this order (evaluate.json prefixes them with test_)
+REPORTED_METRICS = {
+    "test_mean_precision": "mean precision",
+    "test_mean_sensitivity": "mean sensitivity",
+    "test_mean_f1": "mean F1 (Table 4)",
+    "test_localization_f1": "localization F1 (Table 5)",
+    "test_classification_mean_f1": "classification F1 (Table 6)",
+    "test_metastasis_patient_f1": "metastasis F1, patient (Table 7)",
+    "test_ap50": "AP50",
+    "test_froc_cpm": "FROC CPM",
+    "test_pixel_dice": "pixel Dice",
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One benchmark size: dataset, network, schedule, seeds and sweep points.
+
+    Args:
+        name: profile name (``cpu``, ``full``, ``smoke``).
+        description: what was made smaller than the thesis, stated in every report.
+        dataset: ``write_dataset`` arguments (split sizes in studies, generator seed).
+        network: overrides of ``network_def`` (backbone, pyramid width, anchors, …).
+        image_size: chest-crop side in pixels.
+        iterations: labeled-batch iterations per training run (rounded up to whole epochs).
+        self_training_iterations: iterations of the self-training student, started from the teacher.
+        batch_size: labeled (and unlabeled) images per iteration.
+        warmup_iterations: linear learning-rate warm-up.
+        seeds: training seeds; each also draws the labeled/unlabeled subsets of the sweeps.
+        labeled_fractions: Fig. 19 points, fractions of the labeled split.
+        unlabeled_fractions: Fig. 20 points, fractions of the unlabeled split.
+        chest_epochs: epochs of the chest detector trained when none is given.
+    """
+
+    name: str
+    description: str
+    dataset: dict[str, int]
+    network: dict[str, Any]
+    image_size: int
+    iterations: int
+    self_training_iterations: int
+    batch_size: int
+    warmup_iterations: int
+    seeds: tuple[int, ...]
+    labeled_fractions: tuple[float, ...]
+    unlabeled_fractions: tuple[float, ...]
+    chest_epochs: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _scaled_anchors(image_size: int) -> list[list[int]]:
+    """The bundle's lesion anchors rescaled from 320-pixel crops to ``image_size``."""
+    return [[max(4, round(s * image_size / 320)) for s in sizes] for sizes in LESION_ANCHOR_SIZES]
+
+
+PROFILES: dict[str, Profile] = {
+    "full": Profile(
+        name="full",
+        description="thesis settings (Table 11): ResNet-50, 256-channel pyramid, 320 px crops, batch 16; for a GPU",
+        dataset={"labeled": 200, "unlabeled": 2000, "validation": 50, "test": 200, "seed": 2024},
+        network={},
+        image_size=320,
+        iterations=12000,
+        self_training_iterations=6000,
+        batch_size=16,
+        warmup_iterations=500,
+        seeds=(0, 1, 2),
+        labeled_fractions=(0.25, 0.5, 0.75, 1.0),
+        unlabeled_fractions=(0.0, 0.25, 0.5, 1.0),
+        chest_epochs=30,
+    ),
+    "cpu": Profile(
+        name="cpu",
+        description=(
+            "CPU-sized: ResNet-18 backbone, 64-channel pyramid, 256-wide box head, 192 px chest crops, "
+            "batch 4, 200 iterations (thesis: ResNet-50, 256 channels, 1024, 320 px, batch 16)"
+        ),
+        dataset={"labeled": 32, "unlabeled": 320, "validation": 10, "test": 30, "seed": 2024},
+        network={
+            "backbone": "resnet18",
+            "pyramid_channels": 64,
+            "representation_size": 256,
+            "global_channels": 128,
+            "box_batch_size_per_image": 64,
+        },
+        image_size=192,
+        iterations=200,
+        self_training_iterations=100,
+        batch_size=4,
+        warmup_iterations=25,
+        seeds=(0, 1, 2),
+        labeled_fractions=(0.25, 0.5, 1.0),
+        unlabeled_fractions=(0.0, 0.25, 1.0),
+        chest_epochs=25,
+    ),
+    "smoke": Profile(
+        name="smoke",
+        description="test-suite smoke run: tiny data, tiny network, 2 iterations; the numbers mean nothing",
+        dataset={"labeled": 4, "unlabeled": 4, "validation": 1, "test": 2, "seed": 11},
+        network={
+            "backbone": "resnet18",
+            "pyramid_channels": 16,
+            "representation_size": 32,
+            "global_channels": 16,
+            "box_batch_size_per_image": 16,
+            "rpn_batch_size_per_image": 32,
+        },
+        image_size=96,
+        iterations=2,
+        self_training_iterations=1,
+        batch_size=2,
+        warmup_iterations=1,
+        seeds=(0, 1),
+        labeled_fractions=(0.5, 1.0),
+        unlabeled_fractions=(0.0, 1.0),
+        chest_epochs=1,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training + evaluation: a Table 4 variant, a seed and the fractions of labeled/unlabeled data used."""
+
+    variant: str
+    seed: int
+    labeled_fraction: float = 1.0
+    unlabeled_fraction: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}; choose from {list(VARIANTS)}")
+        if not VARIANTS[self.variant][1]:  # without the ladder nothing reads unlabeled scans
+            object.__setattr__(self, "unlabeled_fraction", 0.0)
+
+    @property
+    def name(self) -> str:
+        """Folder name, unique per run."""
+        unlabeled = f"-u{self.unlabeled_fraction:g}" if VARIANTS[self.variant][1] else ""
+        return f"{self.variant}-l{self.labeled_fraction:g}{unlabeled}-s{self.seed}"
+
+    @property
+    def teacher(self) -> RunSpec | None:
+        """The MaligNet run whose model labels the unlabeled scans for a self-training run."""
+        if not VARIANTS[self.variant][3]:
+            return None
+        return RunSpec("malignet", self.seed, self.labeled_fraction, self.unlabeled_fraction)
+
+
+def plan_runs(
+    profile: Profile,
+    sweeps: Sequence[str] = SWEEPS,
+    seeds: Sequence[int] | None = None,
+    variants: Sequence[str] | None = None,
+) -> list[RunSpec]:
+    """The runs of the chosen sweeps, seed by seed (so a partial run has whole seeds), without duplicates.
+
+    The labeled sweep compares Mask R-CNN and MaligNet; the unlabeled sweep varies MaligNet's unlabeled
+    scans with all labels. Their full-data points are the Table 4 runs and are trained once. A
+    self-training run is preceded by its teacher.
+    """
+    unknown = [s for s in sweeps if s not in SWEEPS]
+    if unknown:
+        raise ValueError(f"unknown sweeps {unknown}; choose from {list(SWEEPS)}")
+    runs: list[RunSpec] = []
+    for seed in profile.seeds if seeds is None else seeds:
+        wanted: list[RunSpec] = []
+        if "table4" in sweeps:
+            wanted += [RunSpec(v, seed) for v in TABLE4_VARIANTS]
+        if "labeled" in sweeps:
+            wanted += [RunSpec(v, seed, f) for f in profile.labeled_fractions for v in ("fpn", "malignet")]
+        if "unlabeled" in sweeps:
+            wanted += [RunSpec("malignet", seed, 1.0, f) for f in profile.unlabeled_fractions]
+        if variants is not None:
+            wanted = [r for r in wanted if r.variant in variants]
+        for run in wanted:
+            for needed in (run.teacher, run):
+                if needed is not None and needed not in runs:
+                    runs.append(needed)
+    return runs
+
+
+def prepare_dataset(profile: Profile, dataset_dir: Path, chest_detector: Path, metadata: Path) -> None:
+    """Synthesise the profile's dataset and train its chest detector unless they are already there."""
+    from malignet_bundle.data.class_map import ClassMap
+    from malignet_bundle.data.synthesize import write_dataset
+    from malignet_bundle.engines.chest_detector import train_chest_detector
+
+    if not (dataset_dir / "datalist.json").is_file():
+        splits = {k: v for k, v in profile.dataset.items() if k != "seed"}
+        logger.info("synthesising the %s-profile dataset in %s: %s", profile.name, dataset_dir, splits)
+        write_dataset(
+            dataset_dir, **splits, seed=profile.dataset["seed"], workers=min(4, os.cpu_count() or 1), progress=True
+        )
+    if not chest_detector.is_file():
+        logger.info("training the chest detector for %s (%d epochs)", dataset_dir, profile.chest_epochs)
+        train_chest_detector(
+            load_datalist(dataset_dir / "datalist.json"),
+            dataset_dir,
+            ClassMap.from_metadata(metadata),
+            chest_detector,
+            epochs=profile.chest_epochs,
+        )
+
+
+def _patients(items: Iterable[Mapping[str, Any]]) -> list[str]:
+    seen: dict[str, None] = {}
+    for item in items:
+        seen.setdefault(str(item.get("patient_id", item["image"])), None)
+    return list(seen)
+
+
+def _take_patients(items: list[dict], fraction: float, rng: np.random.Generator) -> list[dict]:
+    """All views of a random ``fraction`` of the patients (at least one patient when fraction > 0)."""
+    if fraction >= 1.0:
+        return list(items)
+    patients = _patients(items)
+    count = max(1, round(fraction * len(patients))) if fraction > 0 else 0
+    chosen = set(rng.permutation(patients)[:count].tolist())
+    return [item for item in items if str(item.get("patient_id", item["image"])) in chosen]
+
+
+def subset_datalist(datalist: Mapping[str, list[dict]], run: RunSpec) -> dict[str, list[dict]]:
+    """The run's datalist: labeled and unlabeled patients drawn by the run's seed; validation and test whole.
+
+    The same seed draws the same patients for every variant, so the variants of one seed see the same scans.
+    """
+    rng = np.random.default_rng(10_000 + run.seed)
+    labeled = _take_patients(datalist["labeled"], run.labeled_fraction, rng)
+    unlabeled = _take_patients(datalist["unlabeled"], run.unlabeled_fraction, rng)
+    return {**datalist, "labeled": labeled, "unlabeled": unlabeled}
+
+
+def _config_files(run: RunSpec) -> list[Path]:
+    _, ladder, _, self_training = VARIANTS[run.variant]
+    files = [CONFIG_DIR / "train.json"]
+    if not ladder:
+        files.append(CONFIG_DIR / "baseline.json")
+    if self_training:
+        files.append(CONFIG_DIR / "self_training.json")
+    return files
+
+
+def _persistent_datasets(node: Any, cache_root: Path, path: str = "") -> Any:
+    """``node`` with every ``CacheDataset`` swapped for a ``PersistentDataset`` caching under ``cache_root``.
+
+    One cache folder per config id, because MONAI keys the cache by the data item only and the same view
+    goes through different deterministic chains in training and validation.
+    """
+    if isinstance(node, dict):
+        if node.get("_target_") == "CacheDataset":
+            return {
+                "_target_": "PersistentDataset",
+                "data": node["data"],
+                "transform": node["transform"],
+                "cache_dir": str(cache_root / path.replace("#", "_")),
+            }
+        return {k: _persistent_datasets(v, cache_root, f"{path}#{k}" if path else k) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_persistent_datasets(v, cache_root, f"{path}#{i}") for i, v in enumerate(node)]
+    return node
+
+
+def _epochs(iterations: int, labeled_views: int, batch_size: int) -> int:
+    return max(1, math.ceil(iterations / max(1, math.ceil(labeled_views / batch_size))))
+
+
+def run_overrides(
+    run: RunSpec,
+    profile: Profile,
+    dataset_dir: Path,
+    run_dir: Path,
+    chest_detector: Path,
+    cache_dir: Path,
+    datalist: Mapping[str, list[dict]],
+) -> dict[str, Any]:
+    """The config merged last for ``run``: paths, schedule, network variant and cached datasets."""
+    from monai.bundle import ConfigParser
+
+    _, ladder, global_features, self_training = VARIANTS[run.variant]
+    iterations = profile.self_training_iterations if self_training else profile.iterations
+    epochs = _epochs(iterations, len(datalist["labeled"]), profile.batch_size)
+    overrides: dict[str, Any] = {
+        "dataset_dir": str(dataset_dir),
+        "data_list_file_path": str(run_dir / "datalist.json"),
+        "ckpt_dir": str(run_dir / "models"),
+        "output_dir": str(run_dir),
+        "chest_detector_path": str(chest_detector),
+        "seed": run.seed,
+        "epochs": epochs,
+        "val_interval": epochs,  # one validation at the end: model.pt is the final model, not a lucky epoch
+        "batch_size": profile.batch_size,
+        "image_size": profile.image_size,
+        "warmup_iterations": profile.warmup_iterations,
+        "network_def#global_features": global_features,
+        "network_def#anchor_sizes": _scaled_anchors(profile.image_size),
+        **{f"network_def#{k}": v for k, v in profile.network.items()},
+        **profile.extra,
+    }
+    if ladder and not datalist["unlabeled"]:
+        overrides["train#trainer#unlabeled_data_loader"] = None
+        overrides["train#unlabeled_dataset#data"] = []
+    if self_training:
+        teacher = run.teacher
+        assert teacher is not None
+        overrides["pretrained_checkpoint"] = str(run_dir.parent / teacher.name / "models" / "model.pt")
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in _config_files(run)])
+    for key, value in overrides.items():
+        parser[key] = value
+    for key in ("train#dataset", "train#unlabeled_dataset", "validate#dataset", "train#pseudo_source"):
+        if key in parser:
+            replaced = _persistent_datasets(parser[key], cache_dir, key)
+            if replaced != parser[key]:
+                overrides[key] = replaced
+    return overrides
+
+
+def _workflow(files: Sequence[Path], run_id: str, tracking: str | None) -> None:
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(
+        config_file=[str(f) for f in files],
+        meta_file=str(CONFIG_DIR / "metadata.json"),
+        logging_file=str(CONFIG_DIR / "logging.conf"),
+        run_id=run_id,
+        tracking=tracking,
+        workflow_type="train" if run_id == "training" else "infer",
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+
+
+def execute_run(
+    run: RunSpec,
+    profile: Profile,
+    dataset_dir: Path,
+    output_dir: Path,
+    chest_detector: Path,
+    tracking: str | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate ``run`` unless ``result.json`` says it is done; returns that result.
+
+    Args:
+        run: what to train.
+        profile: sizes and schedule.
+        dataset_dir: the dataset (``datalist.json`` inside).
+        output_dir: benchmark folder; the run lives in ``output_dir/runs/<run.name>``.
+        chest_detector: chest detector weights.
+        tracking: ``"mlflow"`` to log the run through the bundle's tracking, else None.
+    """
+    run_dir = output_dir / "runs" / run.name
+    result_path = run_dir / "result.json"
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
+    datalist = subset_datalist(load_datalist(dataset_dir / "datalist.json"), run)
+    write_json_atomic(datalist, run_dir / "datalist.json")
+    cache_dir = output_dir / "cache"
+    overrides = run_overrides(run, profile, dataset_dir, run_dir, chest_detector, cache_dir, datalist)
+    override_file = run_dir / "overrides.json"
+    write_json_atomic(overrides, override_file)
+    files = [*_config_files(run), override_file]
+    started = time.perf_counter()
+    if not (run_dir / "models" / "model.pt").is_file() or not (run_dir / "trained").is_file():
+        _workflow(files, "training", tracking)
+        (run_dir / "trained").touch()
+    trained = time.perf_counter()
+    _workflow([*files[:-1], CONFIG_DIR / "evaluate.json", override_file], "evaluating", tracking)
+    metrics = json.loads((run_dir / "evaluation" / "metrics.json").read_text())["metrics"]
+    result = {
+        "run": asdict(run),
+        "name": run.name,
+        "profile": profile.name,
+        "labeled_views": len(datalist["labeled"]),
+        "unlabeled_views": len(datalist["unlabeled"]) if VARIANTS[run.variant][1] else 0,
+        "epochs": overrides["epochs"],
+        "train_seconds": round(trained - started, 1),
+        "evaluate_seconds": round(time.perf_counter() - trained, 1),
+        "metrics": metrics,
+    }
+    write_json_atomic(result, result_path)
+    for checkpoint in (run_dir / "models").glob("latest_checkpoint_epoch=*.pt"):
+        checkpoint.unlink()  # only needed to resume this run; model.pt stays (the teacher, the reproduction)
+    return result
+
+
+def aggregate(results: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and sample standard deviation over seeds, one row per (variant, labeled, unlabeled fraction)."""
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for result in results:
+        r = result["run"]
+        groups.setdefault((r["variant"], r["labeled_fraction"], r["unlabeled_fraction"]), []).append(result)
+    rows = []
+    for (variant, labeled, unlabeled), members in groups.items():
+        row: dict[str, Any] = {
+            "variant": variant,
+            "row": VARIANTS[variant][0],
+            "labeled_fraction": labeled,
+            "unlabeled_fraction": unlabeled,
+            "labeled_views": members[0]["labeled_views"],
+            "unlabeled_views": members[0]["unlabeled_views"],
+            "seeds": sorted(m["run"]["seed"] for m in members),
+        }
+        for key in REPORTED_METRICS:
+            values = np.array([m["metrics"].get(key, np.nan) for m in members], dtype=float)
+            row[key] = float(np.mean(values))
+            row[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+        row["train_minutes"] = float(np.mean([m["train_seconds"] for m in members]) / 60)
+        rows.append(row)
+    return rows
+
+
+def _cell(row: Mapping[str, Any], key: str) -> str:
+    std = row[f"{key}_std"]
+    return f"{row[key]:.3f}" if math.isnan(std) else f"{row[key]:.3f} ± {std:.3f}"
+
+
+def _table(rows: Sequence[Mapping[str, Any]], label: str, label_of: Any) -> str:
+    header = [label, "seeds", *REPORTED_METRICS.values(), "train min"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [label_of(row), str(len(row["seeds"]))]
+        cells += [_cell(row, k) for k in REPORTED_METRICS]
+        cells.append(f"{row['train_minutes']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _find(rows: Sequence[Mapping[str, Any]], variant: str, labeled: float, unlabeled: float) -> dict | None:
+    unlabeled = unlabeled if VARIANTS[variant][1] else 0.0
+    for row in rows:
+        if (row["variant"], row["labeled_fraction"], row["unlabeled_fraction"]) == (variant, labeled, unlabeled):
+            return dict(row)
+    return None
+
+
+def _plot_sweep(
+    series: Mapping[str, Sequence[Mapping[str, Any]]],
+    x_key: str,
+    x_label: str,
+    title: str,
+    path: Path,
+    reference: Mapping[str, Any] | None = None,
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from malignet_bundle.outputs.evaluation_report import save_figure
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, rows in series.items():
+        if not rows:
+            continue
+        x = [r[x_key] for r in rows]
+        y = [r["test_mean_f1"] for r in rows]
+        err = [0.0 if math.isnan(r["test_mean_f1_std"]) else r["test_mean_f1_std"] for r in rows]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name)
+    if reference is not None:
+        ax.axhline(reference["test_mean_f1"], color="grey", linestyle="--", label=f"{reference['row']}, all labels")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("test mean F1 (mean ± sd over seeds)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def write_report(
+    results: Sequence[Mapping[str, Any]],
+    profile: Profile,
+    output_dir: Path,
+    command: str,
+    dataset_summary: Mapping[str, Any] | None = None,
+) -> str:
+    """Write ``results.json``, ``results.md`` and the two sweep plots to ``output_dir``; returns the Markdown."""
+    from malignet_bundle.outputs.evaluation_report import write_text_atomic
+
+    rows = aggregate(results)
+    table4 = [r for v in TABLE4_VARIANTS if (r := _find(rows, v, 1.0, 1.0)) is not None]
+    labeled = {
+        VARIANTS[v][0]: [r for f in profile.labeled_fractions if (r := _find(rows, v, f, 1.0)) is not None]
+        for v in ("fpn", "malignet")
+    }
+    unlabeled = [r for f in profile.unlabeled_fractions if (r := _find(rows, "malignet", 1.0, f)) is not None]
+    if any(len(v) > 1 for v in labeled.values()):
+        _plot_sweep(
+            labeled,
+            "labeled_views",
+            "labeled training views",
+            "Labeled-data sweep (thesis Fig. 19)",
+            output_dir / "labeled_sweep.png",
+        )
+    if len(unlabeled) > 1:
+        _plot_sweep(
+            {VARIANTS["malignet"][0]: unlabeled},
+            "unlabeled_views",
+            "unlabeled training views",
+            "Unlabeled-data sweep (thesis Fig. 20)",
+            output_dir / "unlabeled_sweep.png",
+            reference=_find(rows, "fpn", 1.0, 0.0),
+        )
+    seeds = sorted({r["run"]["seed"] for r in results})
+    parts = [
+        f"## Semi-supervised benchmark, `{profile.name}` profile",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Profile: {profile.description}. Seeds: {seeds}. "
+        f"Dataset: synthetic, {json.dumps(profile.dataset)} (studies; two views each).",
+    ]
+    if dataset_summary:
+        parts.append(f"Lesions drawn: {json.dumps(dataset_summary.get('lesions_drawn', {}))}.")
+    parts += ["", "Mean ± sample sd over seeds, test split, IoU 0.5, detection confidence 0.7 (Table 11).", ""]
+    if table4:
+        parts += ["### Table 4 ablation", "", _table(table4, "row", lambda r: r["row"]), ""]
+    if any(labeled.values()):
+        flat = [r for v in labeled.values() for r in v]
+        parts += [
+            "### Labeled-data sweep (Fig. 19)",
+            "",
+            _table(flat, "row, labeled views", lambda r: f"{r['row']}, {r['labeled_views']}"),
+            "",
+        ]
+    if unlabeled:
+        parts += [
+            "### Unlabeled-data sweep (Fig. 20)",
+            "",
+            _table(unlabeled, "unlabeled views", lambda r: str(r["unlabeled_views"])),
+            "",
+        ]
+    markdown = "\n".join(parts)
+    write_json_atomic(
+        {"profile": asdict(profile), "command": command, "rows": rows, "runs": list(results)},
+        output_dir / "results.json",
+    )
+    write_text_atomic(markdown, output_dir / "results.md")
+    return markdown
+
+
+def with_overrides(profile: Profile, **changes: Any) -> Profile:
+    """A copy of ``profile`` with some fields changed (e.g. seeds or iterations from the command line)."""
+    return replace(profile, **changes)

@@ -1,0 +1,133 @@
+"""The semi-supervised benchmark: run planning, data subsets, and the smoke profile end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from malignet_bundle.experiments.ssl_benchmark import (
+    PROFILES,
+    RunSpec,
+    aggregate,
+    plan_runs,
+    run_overrides,
+    subset_datalist,
+)
+
+from .conftest import run_script
+
+
+def _datalist(patients: int) -> dict[str, list[dict]]:
+    def views(prefix: str, n: int) -> list[dict]:
+        return [
+            {"image": f"{prefix}{i}.dcm", "view": v, "patient_id": f"{prefix}{i}"}
+            for i in range(n)
+            for v in ("anterior", "posterior")
+        ]
+
+    return {"labeled": views("L", patients), "unlabeled": views("U", 4 * patients), "validation": [], "test": []}
+
+
+def test_plan_runs_dedupes_and_puts_teachers_first():
+    profile = PROFILES["cpu"]
+    runs = plan_runs(profile)
+    assert len(runs) == len(set(runs))
+    per_seed = len(runs) // len(profile.seeds)
+    # 5 Table 4 rows + 2 smaller labeled fractions × 2 models + 2 smaller unlabeled amounts
+    assert per_seed == 5 + 2 * 2 + 2
+    for k, run in enumerate(runs):
+        if run.teacher is not None:
+            assert run.teacher in runs[:k]
+    assert [r.seed for r in runs] == sorted(r.seed for r in runs)  # whole seeds first
+    only_st = plan_runs(profile, ["table4"], seeds=[1], variants=["malignet_st"])
+    assert [r.name for r in only_st] == ["malignet-l1-u1-s1", "malignet_st-l1-u1-s1"]
+    with pytest.raises(ValueError, match="unknown sweeps"):
+        plan_runs(profile, ["table5"])
+
+
+def test_supervised_rows_ignore_the_unlabeled_fraction():
+    assert RunSpec("fpn", 0, 1.0, 0.25) == RunSpec("fpn", 0, 1.0, 1.0)
+    assert RunSpec("fpn", 0).name == "fpn-l1-s0"
+    assert RunSpec("lfpn", 2, 0.5, 0.25).name == "lfpn-l0.5-u0.25-s2"
+    with pytest.raises(ValueError, match="unknown variant"):
+        RunSpec("unet", 0)
+
+
+def test_subsets_are_whole_patients_drawn_by_seed():
+    datalist = _datalist(8)
+    half = subset_datalist(datalist, RunSpec("fpn", 0, 0.5))
+    patients = {item["patient_id"] for item in half["labeled"]}
+    assert len(patients) == 4 and len(half["labeled"]) == 8  # both views of each patient
+    # the same seed gives every variant the same scans; another seed gives others
+    assert subset_datalist(datalist, RunSpec("malignet", 0, 0.5))["labeled"] == half["labeled"]
+    others = {item["patient_id"] for item in subset_datalist(datalist, RunSpec("fpn", 1, 0.5))["labeled"]}
+    assert others != patients
+    none = subset_datalist(datalist, RunSpec("malignet", 0, 1.0, 0.0))
+    assert none["unlabeled"] == [] and none["labeled"] == datalist["labeled"]
+
+
+def test_overrides_wire_the_variant(tmp_path):
+    profile = PROFILES["smoke"]
+    datalist = _datalist(2)
+    kwargs = dict(dataset_dir=tmp_path, run_dir=tmp_path / "runs" / "x", chest_detector=tmp_path / "c.pt")
+    fpn = run_overrides(RunSpec("fpn", 0), profile, cache_dir=tmp_path / "cache", datalist=datalist, **kwargs)
+    assert fpn["network_def#global_features"] is False
+    assert fpn["train#dataset"]["_target_"] == "PersistentDataset"
+    assert fpn["validate#dataset"]["cache_dir"] != fpn["train#dataset"]["cache_dir"]
+    # 4 labeled views, batch 2 → 2 iterations per epoch; 2 iterations → 1 epoch, validated once at its end
+    assert fpn["epochs"] == 1 and fpn["val_interval"] == 1
+    no_unlabeled = {**datalist, "unlabeled": []}
+    u0 = run_overrides(RunSpec("malignet", 0, 1.0, 0.0), profile, cache_dir=tmp_path, datalist=no_unlabeled, **kwargs)
+    assert u0["train#trainer#unlabeled_data_loader"] is None
+    st = run_overrides(RunSpec("malignet_st", 3), profile, cache_dir=tmp_path, datalist=datalist, **kwargs)
+    assert st["pretrained_checkpoint"].endswith("malignet-l1-u1-s3/models/model.pt")
+    assert st["train#dataset"]["datasets"][0]["_target_"] == "PersistentDataset"
+
+
+def test_aggregate_mean_and_sample_sd():
+    results = [
+        {
+            "run": {"variant": "fpn", "seed": s, "labeled_fraction": 1.0, "unlabeled_fraction": 0.0},
+            "labeled_views": 4,
+            "unlabeled_views": 0,
+            "train_seconds": 60.0,
+            "metrics": {"test_mean_f1": f},
+        }
+        for s, f in ((0, 0.2), (1, 0.4), (2, 0.6))
+    ]
+    (row,) = aggregate(results)
+    assert row["test_mean_f1"] == pytest.approx(0.4)
+    assert row["test_mean_f1_std"] == pytest.approx(0.2)
+    assert row["seeds"] == [0, 1, 2]
+    assert np.isnan(row["test_ap50"])  # absent metrics stay visible as nan, never as 0
+
+
+def test_smoke_profile_end_to_end_and_resumes(tmp_path):
+    out, data = tmp_path / "out", tmp_path / "data"
+    args = ("--profile", "smoke", "--output_dir", out, "--dataset_dir", data)
+    first = run_script("benchmark_ssl", *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    report = json.loads((out / "results.json").read_text())
+    runs = {r["name"]: r for r in report["runs"]}
+    assert len(runs) == 16  # 8 runs × 2 seeds
+    for result in runs.values():
+        assert np.isfinite(result["metrics"]["test_mean_f1"])
+    assert runs["malignet-l1-u0-s0"]["unlabeled_views"] == 0
+    assert runs["malignet-l0.5-u1-s1"]["labeled_views"] == runs["fpn-l0.5-s1"]["labeled_views"] == 4
+    variants = {(r["variant"], r["labeled_fraction"], r["unlabeled_fraction"]) for r in report["rows"]}
+    assert ("malignet_st", 1.0, 1.0) in variants and ("malignet", 1.0, 0.0) in variants
+    markdown = (out / "results.md").read_text()
+    assert "Table 4 ablation" in markdown and "±" in markdown
+    for plot in ("labeled_sweep.png", "unlabeled_sweep.png"):
+        assert (out / plot).read_bytes()[:4] == b"\x89PNG"
+    # every run can be repeated on its own: its datalist and override config are beside its result
+    overrides = json.loads((out / "runs" / "malignet_st-l1-u1-s0" / "overrides.json").read_text())
+    assert overrides["pretrained_checkpoint"].endswith("malignet-l1-u1-s0/models/model.pt")
+
+    stamp = (out / "runs" / "fpn-l1-s0" / "result.json").stat().st_mtime_ns
+    again = run_script("benchmark_ssl", *args, "--seeds", "0")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (out / "runs" / "fpn-l1-s0" / "result.json").stat().st_mtime_ns == stamp  # skipped, not retrained
+    assert "Epoch[" not in again.stdout + again.stderr  # no engine ran
