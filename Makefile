@@ -15,8 +15,14 @@ EVALUATE := $(PY) -m monai.bundle run evaluating --config_file "['configs/train.
 INFER := $(PY) -m monai.bundle run inferring --config_file configs/inference.json --logging_file configs/logging.conf
 # studies of the test split the demo runs whole-body inference on
 DEMO_INFER_STUDIES ?= 4
+# MONAI Label lives in its own environment (requirements-label.txt): it needs pydicom 2, the bundle pydicom 3
+LABEL_VENV := .venv-label
+LABEL_HOST ?= 127.0.0.1
+LABEL_PORT ?= 8000
+# the server's datastore writes labels beside the images, so it gets a copy of the synthetic studies
+LABEL_STUDIES ?= runs/label_studies
 
-.PHONY: venv demo data train evaluate infer test lint clean
+.PHONY: venv demo data train evaluate infer label label-server benchmark-ssl test lint clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +30,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 venv: $(VENV)/.installed
+
+$(LABEL_VENV)/.installed: requirements-label.txt
+	$(PYTHON) -m venv $(LABEL_VENV)
+	$(LABEL_VENV)/bin/pip install -r requirements-label.txt
+	touch $@
+
+label: $(LABEL_VENV)/.installed
 
 $(DATA)/datalist.json: | $(VENV)/.installed
 	$(PY) scripts/synthesize.py --out $(DATA) $(DEMO_SPLITS)
@@ -42,6 +55,19 @@ evaluate: $(VENV)/.installed
 infer: $(VENV)/.installed
 	$(INFER) --dataset_dir $(DATA) --ckpt_dir $(MODELS) --output_dir runs/inference --max_studies $(DEMO_INFER_STUDIES)
 
+$(LABEL_STUDIES): | $(DATA)/datalist.json
+	mkdir -p $(dir $@) && cp -r $(DATA)/studies $@
+
+# the server runs in $(LABEL_VENV) (its launcher calls `python` from PATH) and hands requests to $(VENV)
+label-server: $(VENV)/.installed $(LABEL_VENV)/.installed $(MODELS)/chest_detector.pt | $(LABEL_STUDIES)
+	PATH="$(CURDIR)/$(LABEL_VENV)/bin:$$PATH" monailabel start_server --app monailabel_app \
+		--studies $(LABEL_STUDIES) --host $(LABEL_HOST) --port $(LABEL_PORT) \
+		--conf ckpt_dir $(CURDIR)/$(MODELS) --conf bundle_python $(CURDIR)/$(PY)
+
+# thesis Table 4 and Figs. 19-20 on synthetic data; ~2 h on 2 cores, resumable (docs/BENCHMARKS.md)
+benchmark-ssl: $(VENV)/.installed
+	$(PY) scripts/benchmark_ssl.py --profile cpu
+
 demo: $(VENV)/.installed $(DATA)/datalist.json
 	$(PY) scripts/check_data.py --datalist $(DATA)/datalist.json --dataset_dir $(DATA)
 	$(PY) scripts/contact_sheet.py --dataset_dir $(DATA) --out $(DATA)/contact_sheet.png
@@ -59,8 +85,8 @@ lint: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-test: $(VENV)/.installed lint
+test: $(VENV)/.installed $(LABEL_VENV)/.installed lint
 	$(PY) -m pytest
 
 clean:
-	rm -rf $(VENV) $(DATA) $(MODELS) runs
+	rm -rf $(VENV) $(LABEL_VENV) $(DATA) $(MODELS) runs

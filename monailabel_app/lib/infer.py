@@ -1,0 +1,61 @@
+"""MaligNet as a MONAI Label infer task: a study in, a class label map and the lesion list out.
+
+A custom task rather than MONAI Label's ``BundleInferTask``: that one runs a bundle's ``preprocessing``,
+``inferer`` and ``postprocessing`` on one image in the server's own process and returns one segmentation.
+MaligNet reads a DICOM NM file with two views, crops each view's chest with its own detector, returns
+instances with scores and maps them back to the stored frames (``configs/inference.json``'s
+``predictor``), and it runs in the bundle's environment, not MONAI Label's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+
+from lib.bundle import BundleRunner
+
+logger = logging.getLogger(__name__)
+
+
+class MaligNetInferTask(InferTask):
+    """Lesion pre-annotations of one study: label map (class per pixel, stored frames) + lesions as JSON.
+
+    Request params: ``score_threshold`` (default 0.7, thesis Table 11). Each request loads the weights
+    afresh, so a finished training is served at once.
+    """
+
+    def __init__(self, runner: BundleRunner, labels: dict[str, int]) -> None:
+        super().__init__(
+            type=InferType.SEGMENTATION,
+            labels=labels,
+            dimension=2,
+            description="MaligNet: chest detection, then lesion instances with class and score on both views",
+            config={"score_threshold": 0.7},
+        )
+        self.runner = runner
+
+    def is_valid(self) -> bool:
+        """Offered once both the MaligNet and the chest-detector weights exist."""
+        return self.runner.weights_ready()
+
+    def get_path(self, validate: bool = True) -> str | None:
+        """The model file (MONAI Label's ``/model`` endpoint serves it)."""
+        model = self.runner.ckpt_dir / "model.pt"
+        return str(model) if model.is_file() or not validate else None
+
+    def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Run on ``request["image"]`` (the study's DICOM file); returns the label-map file and the lesions."""
+        threshold = float(request.get("score_threshold", self.config()["score_threshold"]))
+        output = Path(tempfile.mkdtemp(prefix="malignet_infer_"))
+        args = ["--image", str(request["image"]), "--output_dir", str(output), "--score_threshold", str(threshold)]
+        if self.runner.device:
+            args += ["--device", self.runner.device]
+        self.runner.run("infer", *args)
+        result = json.loads((output / "result.json").read_text())
+        logger.info("%s: %d lesions", request["image"], len(result["lesions"]))
+        return str(output / "label.nii.gz"), result

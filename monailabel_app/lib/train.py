@@ -1,0 +1,80 @@
+"""MaligNet's semi-supervised fine-tuning as a MONAI Label train task.
+
+A custom task rather than MONAI Label's ``BundleTrainTask``: that one hands a bundle a list of
+image/label pairs; MaligNet trains on per-view items with instance annotations *and* on the studies nobody
+has labeled yet (the ladder cost), which ``BundleTrainTask`` has no place for. The task lists the
+datastore's studies with and without a final label and the bundle's environment does the rest
+(``malignet_bundle.engines.label_tasks.train_on_datastore``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
+from monailabel.interfaces.tasks.train import TrainTask
+
+from lib.bundle import BundleRunner
+
+logger = logging.getLogger(__name__)
+
+
+class MaligNetTrainTask(TrainTask):
+    """Fine-tune on the final labels plus every unlabeled study, then serve the new weights.
+
+    Request params (defaults in :meth:`config`): ``max_epochs``, ``batch_size``, ``learning_rate``,
+    ``validation_fraction``, ``from_scratch`` (ignore the served weights), ``tracking`` (``"mlflow"``).
+    Each training gets its own folder under ``work_root``; the served ``model.pt`` is replaced only when
+    the training finished.
+    """
+
+    def __init__(self, runner: BundleRunner, work_root: str) -> None:
+        super().__init__("MaligNet: labeled studies (supervised) + unlabeled studies (ladder denoising cost)")
+        self.runner, self.work_root = runner, Path(work_root)
+
+    def config(self) -> dict[str, Any]:
+        """Defaults the client shows and may change per request."""
+        return {
+            "max_epochs": 10,
+            "batch_size": 4,
+            "learning_rate": 0.001,
+            "validation_fraction": 0.2,
+            "from_scratch": False,
+            "tracking": "",
+        }
+
+    def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+        """Train on the datastore; returns the bundle's summary (views used, best validation F1, model)."""
+        params = {**self.config(), **{k: v for k, v in request.items() if k in self.config()}}
+        final = DefaultLabelTag.FINAL.value
+        manifest = {
+            "labeled": [
+                [
+                    i,
+                    datastore.get_image_uri(i),
+                    datastore.get_label_uri(datastore.get_label_by_image_id(i, final), final),
+                ]
+                for i in datastore.get_labeled_images(label_tag=final)
+            ],
+            "unlabeled": [[i, datastore.get_image_uri(i)] for i in datastore.get_unlabeled_images(label_tag=final)],
+        }
+        work = self.work_root / time.strftime("%Y%m%d_%H%M%S")
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        args = ["--manifest", str(work / "manifest.json"), "--work_dir", str(work)]
+        args += ["--max_epochs", str(int(params["max_epochs"])), "--batch_size", str(int(params["batch_size"]))]
+        args += ["--learning_rate", str(float(params["learning_rate"]))]
+        args += ["--validation_fraction", str(float(params["validation_fraction"]))]
+        if str(params["from_scratch"]).lower() == "true":
+            args.append("--from_scratch")
+        if params["tracking"]:
+            args += ["--tracking", str(params["tracking"])]
+        logger.info(
+            "training on %d labeled, %d unlabeled studies", len(manifest["labeled"]), len(manifest["unlabeled"])
+        )
+        self.runner.run("train", *args, stream=True)
+        return json.loads((work / "result.json").read_text())
