@@ -77,13 +77,15 @@ def test_overrides_wire_the_variant(tmp_path):
     assert fpn["train#dataset"]["_target_"] == "PersistentDataset"
     assert fpn["validate#dataset"]["cache_dir"] != fpn["train#dataset"]["cache_dir"]
     # 4 labeled views, batch 2 → 2 iterations per epoch; 2 iterations → 1 epoch, validated once at its end
-    assert fpn["epochs"] == 1 and fpn["val_interval"] == 1
+    assert fpn["epochs"] == 1 and fpn["val_interval"] == 1 and fpn["train#trainer#epoch_length"] == 2
     no_unlabeled = {**datalist, "unlabeled": []}
     u0 = run_overrides(RunSpec("malignet", 0, 1.0, 0.0), profile, cache_dir=tmp_path, datalist=no_unlabeled, **kwargs)
     assert u0["train#trainer#unlabeled_data_loader"] is None
     st = run_overrides(RunSpec("malignet_st", 3), profile, cache_dir=tmp_path, datalist=datalist, **kwargs)
     assert st["pretrained_checkpoint"].endswith("malignet-l1-u1-s3/models/model.pt")
     assert st["train#dataset"]["datasets"][0]["_target_"] == "PersistentDataset"
+    # self-training's epochs hold pseudo-labeled scans too; the step budget still counts labeled batches
+    assert st["train#trainer#epoch_length"] == 2 and st["epochs"] == 1
 
 
 def test_aggregate_mean_and_sample_sd():

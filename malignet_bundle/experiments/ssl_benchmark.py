@@ -321,8 +321,10 @@ def _persistent_datasets(node: Any, cache_root: Path, path: str = "") -> Any:
     return node
 
 
-def _epochs(iterations: int, labeled_views: int, batch_size: int) -> int:
-    return max(1, math.ceil(iterations / max(1, math.ceil(labeled_views / batch_size))))
+def _schedule(iterations: int, labeled_views: int, batch_size: int) -> tuple[int, int]:
+    """(epochs, iterations per epoch) for about ``iterations`` steps: an epoch is one pass over the labeled views."""
+    per_epoch = max(1, math.ceil(labeled_views / batch_size))
+    return max(1, math.ceil(iterations / per_epoch)), per_epoch
 
 
 def run_overrides(
@@ -339,7 +341,7 @@ def run_overrides(
 
     _, ladder, global_features, self_training = VARIANTS[run.variant]
     iterations = profile.self_training_iterations if self_training else profile.iterations
-    epochs = _epochs(iterations, len(datalist["labeled"]), profile.batch_size)
+    epochs, epoch_length = _schedule(iterations, len(datalist["labeled"]), profile.batch_size)
     overrides: dict[str, Any] = {
         "dataset_dir": str(dataset_dir),
         "data_list_file_path": str(run_dir / "datalist.json"),
@@ -349,6 +351,8 @@ def run_overrides(
         "seed": run.seed,
         "epochs": epochs,
         "val_interval": epochs,  # one validation at the end: model.pt is the final model, not a lucky epoch
+        # fixed, because self-training's epochs also hold the pseudo-labeled scans: same budget for every row
+        "train#trainer#epoch_length": epoch_length,
         "batch_size": profile.batch_size,
         "image_size": profile.image_size,
         "warmup_iterations": profile.warmup_iterations,
