@@ -57,5 +57,6 @@ class MaligNetInferTask(InferTask):
             args += ["--device", self.runner.device]
         self.runner.run("infer", *args)
         result = json.loads((output / "result.json").read_text())
+        (output / "result.json").unlink()  # MONAI Label removes the label file once it is sent
         logger.info("%s: %d lesions", request["image"], len(result["lesions"]))
         return str(output / "label.nii.gz"), result
