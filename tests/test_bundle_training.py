@@ -264,13 +264,15 @@ def test_self_training_json_trains_on_labeled_plus_pseudo_labeled(tiny):
         "self_training",
         "train.json",
         "self_training.json",
-        extra=("--pretrained_checkpoint", str(teacher), "--pseudo_level", "lesion"),
+        # an untrained teacher detects nothing at 0.85: keep those scans (as all-background) to get a student
+        extra=("--pretrained_checkpoint", str(teacher), "--pseudo_level", "lesion", "--pseudo_keep_empty", "True"),
     )
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
     found = re.search(r"pseudo-labels \(lesion level, score >= 0.85\): (\d+) of (\d+) images kept", log)
     assert found, log[-4000:]
     kept, seen = int(found.group(1)), int(found.group(2))
-    assert kept == seen == 4  # lesion level keeps every image (2 unlabeled studies, the corrupt file skipped)
+    assert kept == seen == 4  # every image kept (2 unlabeled studies, the corrupt file skipped)
+    assert re.search(r"\d+ images without detections kept", log), log[-4000:]
     # the trainer iterates over labeled + pseudo-labeled views: (4 + 4) / batch 2
     assert "Iter: 4/4" in log

@@ -34,10 +34,16 @@ def test_lesion_and_image_level_filtering(teacher):
     for sample in everything:
         assert sample["masks"].shape[1:] == (96, 96) and sample["masks"].dtype == torch.uint8
         assert len(sample["boxes"]) == len(sample["labels"]) == len(sample["masks"])
-    lesion_level = pseudo_label(net, path, crops, threshold=threshold, level="lesion")
+    lesion_level = pseudo_label(net, path, crops, threshold=threshold, level="lesion", keep_empty=True)
     assert [len(s["labels"]) for s in lesion_level] == [int((s >= threshold).sum()) for s in scores]
     image_level = pseudo_label(net, path, crops, threshold=threshold, level="image")
     assert len(image_level) == sum(bool((s >= threshold).all()) for s in scores)
+    # above every score nothing is detected: those images are dropped unless kept as all-background targets
+    above_all = float(torch.cat(scores).max()) + 1e-3
+    assert pseudo_label(net, path, crops, threshold=above_all, level="lesion") == []
+    empties = pseudo_label(net, path, crops, threshold=above_all, level="lesion", keep_empty=True)
+    assert [len(s["labels"]) for s in empties] == [0, 0, 0]
+    assert all(s["masks"].shape == (0, 96, 96) and s["boxes"].shape == (0, 4) for s in empties)
     assert net.training  # handed back ready to train
 
 

@@ -4,6 +4,10 @@ The model's detections on unlabeled chest crops become training targets, filtere
 lesion level (drop detections scoring below the threshold) or at image level (drop every image that has a
 detection scoring below the threshold; thesis best: 0.85, image level). The student starts from the
 teacher's weights and trains on labeled plus pseudo-labeled crops.
+
+An image on which the teacher finds nothing at all is dropped unless ``keep_empty``: a weak teacher misses
+lesions far more often than a scan is truly clean, and every kept empty image is an all-background target
+that teaches the student to find nothing (the ``cpu`` benchmark's self-training row collapsed that way).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ def pseudo_label(
     device: str | torch.device = "cpu",
     batch_size: int = 4,
     mask_threshold: float = 0.5,
+    keep_empty: bool = False,
 ) -> list[dict]:
     """Load the teacher's weights into ``network`` and return pseudo-labeled samples of ``dataset``.
 
@@ -46,6 +51,7 @@ def pseudo_label(
         device: where to run the teacher.
         batch_size: images per forward.
         mask_threshold: probability above which a mask pixel belongs to the lesion.
+        keep_empty: keep images without any detection at or above ``threshold`` as all-background targets.
 
     Returns:
         Samples with ``image``, ``masks`` (N, H, W uint8), ``labels``, ``boxes`` on the CPU.
@@ -60,7 +66,7 @@ def pseudo_label(
     module.load_state_dict(state)
     module.eval()
     samples: list[dict] = []
-    seen = dropped_lesions = 0
+    seen = dropped_lesions = empty = 0
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=no_collation, num_workers=0):
         images: Sequence[torch.Tensor] = [torch.as_tensor(item["image"]) for item in batch]
         detections = module([image.to(device) for image in images])
@@ -70,8 +76,11 @@ def pseudo_label(
             low = scores < threshold
             if level == "image" and bool(low.any()):
                 continue
-            dropped_lesions += int(low.sum())
             keep = ~low
+            if not keep.any() and not keep_empty:
+                empty += 1
+                continue
+            dropped_lesions += int(low.sum())
             masks = (det["masks"][keep.to(det["masks"].device), 0] > mask_threshold).to(torch.uint8).cpu()
             samples.append(
                 {
@@ -83,13 +92,16 @@ def pseudo_label(
             )
     lesions = sum(len(s["labels"]) for s in samples)
     logger.info(
-        "pseudo-labels (%s level, score >= %.2f): %d of %d images kept, %d lesions, %d lesions dropped",
+        "pseudo-labels (%s level, score >= %.2f): %d of %d images kept, %d lesions, %d lesions dropped, "
+        "%d images without detections %s",
         level,
         threshold,
         len(samples),
         seen,
         lesions,
         dropped_lesions,
+        empty,
+        "kept" if keep_empty else "dropped",
     )
     module.train()
     return samples
