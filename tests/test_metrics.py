@@ -487,6 +487,28 @@ def test_lesion_f1_key_metric_takes_binary_masks():
     assert metric.compute() == pytest.approx(ev.evaluate_lesions(predictions, targets, 4).scalars["mean_f1"])
 
 
+def test_operating_point_thresholds_tables_but_not_ap_or_froc():
+    """Low-scoring detections count for AP and FROC, but Tables 4–7 and the pixels see only those ≥ threshold."""
+    predictions, targets, patients = _fixture()
+    # a confident hit on image 0, and a low-scoring hit on a lesion of image 1 that no confident one found
+    predictions = [*predictions]
+    predictions[1] = pred([B, A], [1, 1], [0.2, 0.9])  # B (true, 0.2) and A (false, 0.9)
+    everything = ev.evaluate_lesions(predictions, targets, 4, patient_ids=patients)
+    operating = ev.evaluate_lesions(predictions, targets, 4, patient_ids=patients, score_threshold=0.5)
+    above = [{k: v[p["scores"] >= 0.5] for k, v in p.items()} for p in predictions]
+    only_above = ev.evaluate_lesions(above, targets, 4, patient_ids=patients)
+    ranking = {"ap", "ap50", "ap75", "froc_cpm", *(f"froc_sensitivity_at_{r}" for r in RATES)}
+    for name, value in operating.scalars.items():
+        expected = everything if name in ranking else only_above
+        assert value == pytest.approx(expected.scalars[name], nan_ok=True), name
+    assert operating.scalars["mean_sensitivity"] < everything.scalars["mean_sensitivity"]  # the 0.2 hit is out
+    assert operating.scalars["froc_cpm"] > only_above.scalars["froc_cpm"]  # ... but it still ranks
+    assert operating.per_image == only_above.per_image
+    key = LesionF1(num_classes=4, score_threshold=0.5)
+    key.update((predictions, targets))
+    assert key.compute() == pytest.approx(operating.scalars["mean_f1"])
+
+
 def _distributed_worker(rank, world_size, init_file, out_dir):
     import torch.distributed as dist
 

@@ -25,6 +25,11 @@ runs them all, and :class:`LesionMetrics` is the ignite metric the evaluators at
 - Pixel level: Dice, precision, sensitivity of the union of predicted vs ground-truth lesion masks, pixels
   summed over all images; per class on semantic maps (:func:`~.pixel.pixel_metrics`).
 
+Operating point: Tables 4–7 and the pixel scores describe the detector as deployed, so they count only the
+predictions scoring at least the records' ``score_threshold`` (Table 11: 0.7). COCO AP and FROC rank the
+predictions by score, so they use every prediction the network returned: evaluate with a low network floor
+(``evaluate.json``: 0.05) to get the whole ranking, instead of the part above 0.7.
+
 Zero denominators: every ratio whose denominator is zero is 0.0 (precision without predictions, sensitivity
 without ground truth, F1 with precision + sensitivity = 0, the means without support, …). The one exception
 is COCO AP, nan where pycocotools returns -1 (no ground-truth lesion at all; per class: none of that class),
@@ -294,13 +299,14 @@ def evaluate_records(
         ``ap``, ``ap50``, ``ap75``, ``froc_cpm``, ``froc_sensitivity_at_<rate>`` (rates 0.125 … 8),
         ``pixel_dice|precision|sensitivity``; the detail; the per-image rows.
     """
-    segmentation = lesion_segmentation_metrics(records, num_classes)
-    localization = localization_metrics(records)
-    classification = classification_metrics(records, num_classes)
-    metastasis = metastasis_metrics(records, malignant_label)
-    coco = coco_ap(records, num_classes, max_detections)
+    operating = [r.at_operating_point() for r in records]
+    segmentation = lesion_segmentation_metrics(operating, num_classes)
+    localization = localization_metrics(operating)
+    classification = classification_metrics(operating, num_classes)
+    metastasis = metastasis_metrics(operating, malignant_label)
+    coco = coco_ap(records, num_classes, max_detections)  # ranking metrics: every prediction
     curve = froc(records)
-    pixels = pixel_metrics(records, num_classes)
+    pixels = pixel_metrics(operating, num_classes)
     scalars = {
         **{k: segmentation[k] for k in ("mean_precision", "mean_sensitivity", "mean_f1")},
         **{
@@ -332,7 +338,7 @@ def evaluate_records(
         "pixel": pixels,
     }
     return EvaluationResult(
-        {f"{prefix}{k}": float(v) for k, v in scalars.items()}, detail, per_image_rows(records, malignant_label)
+        {f"{prefix}{k}": float(v) for k, v in scalars.items()}, detail, per_image_rows(operating, malignant_label)
     )
 
 
@@ -345,6 +351,7 @@ def evaluate_lesions(
     patient_ids: Sequence[str] | None = None,
     prefix: str = "",
     max_detections: int = 100,
+    score_threshold: float = 0.0,
 ) -> EvaluationResult:
     """All metrics of the module docstring on per-image prediction and target dicts.
 
@@ -357,8 +364,9 @@ def evaluate_lesions(
         patient_ids: per image patient (overrides the targets' ``patient_id``; default: one patient per image).
         prefix: put before every scalar name.
         max_detections: COCO ``maxDets``.
+        score_threshold: operating point of the thresholded metrics (AP and FROC use every prediction).
     """
-    records = image_records(predictions, targets, iou_threshold, patient_ids)
+    records = image_records(predictions, targets, iou_threshold, patient_ids, score_threshold)
     return evaluate_records(records, num_classes, malignant_label, prefix, max_detections)
 
 
@@ -382,6 +390,8 @@ class LesionMetrics(Metric):
         output_transform: engine output → (predictions, targets[, patient_ids]).
         device: unused (records stay on the CPU); ignite's argument.
         max_detections: COCO ``maxDets``.
+        score_threshold: operating point of the thresholded metrics (Tables 4–7, pixel scores); AP and FROC
+            use every prediction.
     """
 
     def __init__(
@@ -393,8 +403,9 @@ class LesionMetrics(Metric):
         output_transform: Callable = lambda x: x,
         device: str | torch.device = "cpu",
         max_detections: int = 100,
+        score_threshold: float = 0.0,
     ) -> None:
-        self.num_classes, self.iou_threshold = num_classes, iou_threshold
+        self.num_classes, self.iou_threshold, self.score_threshold = num_classes, iou_threshold, score_threshold
         self.malignant_label, self.prefix, self.max_detections = malignant_label, prefix, max_detections
         self.last_result: EvaluationResult | None = None
         super().__init__(
@@ -413,7 +424,7 @@ class LesionMetrics(Metric):
     def update(self, output: Sequence[Any]) -> None:
         """Add a batch: ``(predictions, targets)`` or ``(predictions, targets, patient_ids)``."""
         patient_ids = output[2] if len(output) > 2 else None
-        self._records.extend(image_records(output[0], output[1], self.iou_threshold, patient_ids))
+        self._records.extend(image_records(output[0], output[1], self.iou_threshold, patient_ids, self.score_threshold))
 
     def compute(self) -> dict[str, float]:
         """All scalars over everything seen since the last reset, on every rank's images."""

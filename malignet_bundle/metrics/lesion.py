@@ -206,6 +206,8 @@ class LesionF1(Metric):
         iou_threshold: mask IoU for a match.
         output_transform: engine output → (predictions, targets).
         device: where the counts are accumulated.
+        score_threshold: predictions scoring below it are not counted (the operating point, Table 11: 0.7,
+            when the network returns lower-scoring detections for AP and FROC).
     """
 
     def __init__(
@@ -214,8 +216,9 @@ class LesionF1(Metric):
         iou_threshold: float = 0.5,
         output_transform: Callable = lambda x: x,
         device: str | torch.device = "cpu",
+        score_threshold: float = 0.0,
     ) -> None:
-        self.num_classes, self.iou_threshold = num_classes, iou_threshold
+        self.num_classes, self.iou_threshold, self.score_threshold = num_classes, iou_threshold, score_threshold
         super().__init__(output_transform=output_transform, device=device)
 
     @reinit__is_reduced
@@ -228,10 +231,11 @@ class LesionF1(Metric):
         """Add a batch of per-image predictions and targets (a third item, e.g. patient ids, is ignored)."""
         counts = LesionCounts(self.num_classes)
         for pred, target in zip(output[0], output[1], strict=True):
+            keep = torch.as_tensor(pred["scores"]).detach().cpu() >= self.score_threshold
             counts.update(
-                binarize_masks(pred["masks"]),
-                torch.as_tensor(pred["labels"]),
-                torch.as_tensor(pred["scores"]),
+                binarize_masks(pred["masks"])[keep],
+                torch.as_tensor(pred["labels"]).cpu()[keep],
+                torch.as_tensor(pred["scores"]).cpu()[keep],
                 binarize_masks(target["masks"]),
                 torch.as_tensor(target["labels"]),
                 self.iou_threshold,

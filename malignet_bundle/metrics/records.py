@@ -4,6 +4,11 @@
 predictions to ground truth on the encodings' IoU (:func:`~malignet_bundle.metrics.lesion.greedy_match`, the
 same matching as :func:`~malignet_bundle.metrics.lesion.match_lesions`) and keeps only what the metrics need:
 labels, scores, the matched pairs, the encodings (for COCO AP) and pixel counts (for the pixel-level scores).
+
+A record keeps every prediction it is given, for the ranking metrics (COCO AP, FROC), and its operating
+``score_threshold`` (Table 11: 0.7) for the metrics of a deployed detector (Tables 4–7, pixel scores):
+:meth:`ImageRecord.at_operating_point` drops what scores below it. Greedy matching in descending score makes
+that the same as matching only the predictions above the threshold.
 A record takes a few kB (about 7 kB with 100 detections of a 320 × 320 view), so a whole test set fits in
 memory and can be pickled across ranks.
 """
@@ -11,7 +16,7 @@ memory and can be pickled across ranks.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -41,6 +46,8 @@ class ImageRecord:
         pixel_class: ``{class: (tp, fp, fn)}`` pixel counts of the semantic maps (:func:`semantic_map`).
         patient_id: patient, for the per-patient metastasis metrics (None: unknown, the image is its own patient).
         image_id: image name for the per-image table (``image_path[:view]``; empty when unknown).
+        score_threshold: the operating point: the least score of a prediction counted by the thresholded
+            metrics; the pixel counts are already taken at it.
     """
 
     pred_labels: np.ndarray
@@ -57,6 +64,7 @@ class ImageRecord:
     pixel_class: dict[int, tuple[int, int, int]] = field(default_factory=dict)
     patient_id: str | None = None
     image_id: str = ""
+    score_threshold: float = 0.0
 
     @property
     def matched(self) -> np.ndarray:
@@ -64,6 +72,20 @@ class ImageRecord:
         flags = np.zeros(len(self.pred_labels), dtype=bool)
         flags[[p for p, _ in self.pairs]] = True
         return flags
+
+    def at_operating_point(self) -> ImageRecord:
+        """This record with only the predictions scoring at least ``score_threshold`` (itself if all do)."""
+        keep = self.pred_scores >= self.score_threshold
+        if keep.all():
+            return self
+        index = np.cumsum(keep) - 1  # new position of each kept prediction
+        return replace(
+            self,
+            pred_labels=self.pred_labels[keep],
+            pred_scores=self.pred_scores[keep],
+            pairs=[(int(index[p]), g) for p, g in self.pairs if keep[p]],
+            pred_rles=[r for r, k in zip(self.pred_rles, keep, strict=True) if k],
+        )
 
 
 def semantic_map(masks: np.ndarray, labels: np.ndarray, priority: np.ndarray, shape: Sequence[int]) -> np.ndarray:
@@ -99,11 +121,13 @@ def image_records(
     targets: Sequence[Mapping[str, Any]],
     iou_threshold: float = 0.5,
     patient_ids: Sequence[str] | None = None,
+    score_threshold: float = 0.0,
 ) -> list[ImageRecord]:
     """Match each image's predictions to its ground truth and keep what the metrics need.
 
     The pixel-level semantic maps give each pixel the class of the highest-scoring prediction covering it, and
-    of the first listed ground-truth lesion covering it.
+    of the first listed ground-truth lesion covering it; they and the pixel counts use the predictions
+    scoring at least ``score_threshold``.
 
     Args:
         predictions: per image ``masks`` ((N, 1, H, W) probabilities, binarised at 0.5, or (N, H, W) binary),
@@ -113,6 +137,7 @@ def image_records(
         iou_threshold: the smallest mask IoU of a match.
         patient_ids: per image patient, overriding the targets' ``patient_id``; without either, every image is
             its own patient.
+        score_threshold: the records' operating point (see the module docstring).
     """
     if patient_ids is not None and len(patient_ids) != len(targets):
         raise ValueError(f"{len(patient_ids)} patient ids for {len(targets)} images")
@@ -130,8 +155,9 @@ def image_records(
         pairs = greedy_match(rle_iou(pred_rles, gt_rles), scores, iou_threshold)
         pred_labels = torch.as_tensor(pred["labels"]).detach().cpu().numpy().astype(np.int64)
         gt_labels = torch.as_tensor(target["labels"]).detach().cpu().numpy().astype(np.int64)
-        pu, gu = pm.any(0), gm.any(0)
-        pred_sem = semantic_map(pm, pred_labels, scores, pu.shape)
+        operating = scores >= score_threshold
+        pu, gu = pm[operating].any(0), gm.any(0)
+        pred_sem = semantic_map(pm[operating], pred_labels[operating], scores[operating], pu.shape)
         gt_sem = semantic_map(gm, gt_labels, -np.arange(len(gm)), gu.shape)
         patient = patient_ids[k] if patient_ids is not None else target.get("patient_id")
         records.append(
@@ -150,6 +176,7 @@ def image_records(
                 pixel_class=_pixel_class_counts(pred_sem, gt_sem),
                 patient_id=None if patient is None else str(patient),
                 image_id=_image_id(target),
+                score_threshold=score_threshold,
             )
         )
     return records
