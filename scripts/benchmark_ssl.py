@@ -3,6 +3,9 @@
     python scripts/benchmark_ssl.py --profile cpu                 # everything, ≈2 h on 2 cores, resumable
     python scripts/benchmark_ssl.py --profile cpu --seeds 0        # one seed now, the others later
     python scripts/benchmark_ssl.py --profile cpu --sweeps table4  # only the ablation rows
+    python scripts/benchmark_ssl.py --profile cpu --sweeps why --seeds 0  # one recipe change at a time
+    python scripts/benchmark_ssl.py --profile cpu --sweeps why --variations steps3x  # only the longer schedule
+    python scripts/benchmark_ssl.py --profile cpu --reevaluate     # new evaluation, same trained models
     python scripts/benchmark_ssl.py --profile full --dataset_dir /data/bonescans --chest_detector models/chest.pt
 
 Finished runs are skipped, interrupted ones resume; results.md, results.json and the sweep plots are
@@ -21,9 +24,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from malignet_bundle.experiments.ssl_benchmark import (
+    DEFAULT_SWEEPS,
     PROFILES,
     SWEEPS,
     VARIANTS,
+    VARIATIONS,
     execute_run,
     plan_runs,
     prepare_dataset,
@@ -40,12 +45,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset_dir", default=None, help="default: data/benchmark_ssl/<profile>, synthesised")
     parser.add_argument("--chest_detector", default=None, help="default: <dataset_dir>/chest_detector.pt, trained")
     parser.add_argument("--output_dir", default=None, help="default: runs/benchmark_ssl/<profile>")
-    parser.add_argument("--sweeps", default=",".join(SWEEPS), help=f"comma-separated among {','.join(SWEEPS)}")
+    parser.add_argument("--sweeps", default=",".join(DEFAULT_SWEEPS), help=f"comma-separated among {','.join(SWEEPS)}")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: the profile's)")
     parser.add_argument("--variants", default=None, help=f"comma-separated among {','.join(VARIANTS)}")
+    parser.add_argument("--variations", default=None, help=f"why sweep: comma-separated among {','.join(VARIATIONS)}")
     parser.add_argument("--iterations", type=int, default=None, help="training iterations per run")
     parser.add_argument("--tracking", choices=["mlflow"], default=None, help="log every run to MLflow")
     parser.add_argument("--report_only", action="store_true", help="rewrite the report from finished runs")
+    parser.add_argument(
+        "--reevaluate", action="store_true", help="evaluate finished runs again with their trained models"
+    )
     args = parser.parse_args(argv)
 
     profile = PROFILES[args.profile]
@@ -56,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     output_dir = Path(args.output_dir or ROOT / "runs" / "benchmark_ssl" / profile.name).resolve()
     seeds = None if args.seeds is None else [int(s) for s in args.seeds.split(",")]
     variants = None if args.variants is None else args.variants.split(",")
-    runs = plan_runs(profile, args.sweeps.split(","), seeds, variants)
+    variations = None if args.variations is None else args.variations.split(",")
+    runs = plan_runs(profile, args.sweeps.split(","), seeds, variants, variations)
     command = shlex.join(["python", "scripts/benchmark_ssl.py", *(sys.argv[1:] if argv is None else argv)])
 
     if not args.report_only:
@@ -72,10 +82,13 @@ def main(argv: list[str] | None = None) -> None:
             if path.is_file():
                 results.append(json.loads(path.read_text()))
             continue
-        results.append(execute_run(run, profile, dataset_dir, output_dir, chest_detector, args.tracking))
+        results.append(
+            execute_run(run, profile, dataset_dir, output_dir, chest_detector, args.tracking, args.reevaluate)
+        )
         write_report(results, profile, output_dir, command, summary)
     print(write_report(results, profile, output_dir, command, summary))
-    print(f"\nreport: {output_dir / 'results.md'}; plots: {output_dir}/labeled_sweep.png, unlabeled_sweep.png")
+    plots = ", ".join(p.name for p in sorted(output_dir.glob("*.png")))
+    print(f"\nreport: {output_dir / 'results.md'}; plots in {output_dir}: {plots}")
 
 
 if __name__ == "__main__":

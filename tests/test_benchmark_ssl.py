@@ -9,11 +9,13 @@ import pytest
 
 from malignet_bundle.experiments.ssl_benchmark import (
     PROFILES,
+    VARIATIONS,
     RunSpec,
     aggregate,
     plan_runs,
     run_overrides,
     subset_datalist,
+    write_report,
 )
 
 from .conftest import run_script
@@ -45,6 +47,73 @@ def test_plan_runs_dedupes_and_puts_teachers_first():
     assert [r.name for r in only_st] == ["malignet-l1-u1-s1", "malignet_st-l1-u1-s1"]
     with pytest.raises(ValueError, match="unknown sweeps"):
         plan_runs(profile, ["table5"])
+
+
+def test_why_sweep_plans_each_change_beside_the_unchanged_runs():
+    runs = plan_runs(PROFILES["cpu"], ["why"], seeds=[0])
+    names = [r.name for r in runs]
+    assert names[:2] == ["fpn-l1-s0", "malignet-l1-u1-s0"]  # the references, trained once with table4
+    assert "fpn-l1-s0-steps3x" in names and "malignet-l1-u1-s0-noise0.1" in names
+    assert len(runs) == 2 + sum(len(v.variants) for v in VARIATIONS.values())
+    # on demand only: the default run stays inside its 2.5-hour budget
+    assert not any(r.variation for r in plan_runs(PROFILES["cpu"]))
+    with pytest.raises(ValueError, match="unknown variation"):
+        RunSpec("malignet", 0, variation="dropout")
+    longer = plan_runs(PROFILES["cpu"], ["why"], seeds=[1], variations=["steps3x"])
+    assert [r.name for r in longer] == [
+        "fpn-l1-s1",
+        "malignet-l1-u1-s1",
+        "fpn-l1-s1-steps3x",
+        "malignet-l1-u1-s1-steps3x",
+    ]
+    with pytest.raises(ValueError, match="unknown variations"):
+        plan_runs(PROFILES["cpu"], ["why"], variations=["dropout"])
+
+
+def test_variation_changes_only_what_it_names(tmp_path):
+    profile = PROFILES["smoke"]
+    kwargs = dict(
+        profile=profile,
+        dataset_dir=tmp_path,
+        run_dir=tmp_path / "r",
+        chest_detector=tmp_path / "c.pt",
+        cache_dir=tmp_path / "cache",
+        datalist=_datalist(2),
+    )
+    plain = run_overrides(RunSpec("malignet", 0), **kwargs)
+    noisy = run_overrides(RunSpec("malignet", 0, variation="noise0.3"), **kwargs)
+    assert noisy.pop("noise_ratio") == 0.3 and noisy == plain
+    longer = run_overrides(RunSpec("fpn", 0, variation="steps3x"), **kwargs)
+    # 2 iterations per epoch (4 views, batch 2): the 2-iteration budget becomes 6, i.e. 3 epochs
+    assert longer["epochs"] == 3 and longer["train#trainer#epoch_length"] == 2
+
+
+def test_why_report_pairs_each_change_with_its_seed(tmp_path):
+    def result(variant, seed, f1, variation=""):
+        unlabeled = 1.0 if variant == "malignet" else 0.0
+        run = {"variant": variant, "seed": seed, "labeled_fraction": 1.0, "unlabeled_fraction": unlabeled}
+        return {
+            "run": {**run, "variation": variation},
+            "labeled_views": 8,
+            "unlabeled_views": 8,
+            "train_seconds": 60.0,
+            "metrics": {"test_mean_f1": f1},
+        }
+
+    results = [
+        result("malignet", 0, 0.1),
+        result("malignet", 1, 0.5),
+        result("malignet", 2, 0.9),  # no changed run on seed 2: left out of the comparison
+        result("malignet", 0, 0.2, "noise0.3"),
+        result("malignet", 1, 0.6, "noise0.3"),
+        {**result("malignet", 0, 0.9), "run": {**result("malignet", 0, 0.9)["run"], "unlabeled_fraction": 0.0}},
+    ]
+    markdown = write_report(results, PROFILES["smoke"], tmp_path, "cmd")
+    section = markdown.split("### Why")[1]
+    unchanged, changed = [line for line in section.splitlines() if line.startswith("| ResNet + LFPN")]
+    assert "unchanged" in unchanged and "0.300 ± 0.283" in unchanged  # seeds 0 and 1 only, not u0 or seed 2
+    assert "noise ratio 0.3" in changed and changed.endswith(" +0.100 |")  # paired: +0.1 on both seeds
+    assert (tmp_path / "why.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_supervised_rows_ignore_the_unlabeled_fraction():
@@ -133,3 +202,12 @@ def test_smoke_profile_end_to_end_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert (out / "runs" / "fpn-l1-s0" / "result.json").stat().st_mtime_ns == stamp  # skipped, not retrained
     assert "Epoch[" not in again.stdout + again.stderr  # no engine ran
+
+    before = json.loads((out / "runs" / "fpn-l1-s0" / "result.json").read_text())
+    only = ("--seeds", "0", "--sweeps", "table4", "--variants", "fpn")
+    third = run_script("benchmark_ssl", *args, *only, "--reevaluate")
+    assert third.returncode == 0, third.stderr[-3000:]
+    after = json.loads((out / "runs" / "fpn-l1-s0" / "result.json").read_text())
+    assert (out / "runs" / "fpn-l1-s0" / "result.json").stat().st_mtime_ns != stamp  # evaluated again ...
+    assert after["train_seconds"] == before["train_seconds"]  # ... with the trained model, not retrained
+    assert "loss:" not in third.stdout + third.stderr

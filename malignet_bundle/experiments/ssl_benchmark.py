@@ -33,8 +33,11 @@ __all__ = [
     "VARIANTS",
     "PROFILES",
     "SWEEPS",
+    "DEFAULT_SWEEPS",
+    "VARIATIONS",
     "Profile",
     "RunSpec",
+    "Variation",
     "plan_runs",
     "prepare_dataset",
     "subset_datalist",
@@ -57,7 +60,8 @@ VARIANTS: dict[str, tuple[str, bool, bool, bool]] = {
     "malignet_st": ("MaligNet + self-training", True, True, True),
 }
 TABLE4_VARIANTS = ("fpn", "fpn_global", "lfpn", "malignet", "malignet_st")
-SWEEPS = ("table4", "labeled", "unlabeled")
+SWEEPS = ("table4", "labeled", "unlabeled", "why")
+DEFAULT_SWEEPS = ("table4", "labeled", "unlabeled")  # "why" is the follow-up investigation, run on demand
 # the Tables 4–7 figures the report shows, in this order (evaluate.json prefixes them with test_)
 REPORTED_METRICS = {
     "test_mean_precision": "mean precision",
@@ -179,17 +183,53 @@ PROFILES: dict[str, Profile] = {
 
 
 @dataclass(frozen=True)
+class Variation:
+    """One change to the recipe, for the ``why`` sweep: does it move MaligNet against the supervised row?
+
+    Args:
+        description: what changes, as the report states it.
+        overrides: bundle config overrides, merged after the profile's.
+        iterations_factor: multiplies the profile's step budget.
+        variants: the Table 4 variants trained with the change; the supervised row as well when the change
+            is not specific to the ladder, so the comparison stays like for like.
+    """
+
+    description: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    iterations_factor: float = 1.0
+    variants: tuple[str, ...] = ("malignet",)
+
+
+# the knobs the issue names (noise ratio, λ_us, target normalisation, unlabeled-to-labeled ratio) and the schedule
+VARIATIONS: dict[str, Variation] = {
+    "steps3x": Variation("3× the step budget", iterations_factor=3.0, variants=("fpn", "malignet")),
+    "noise0.1": Variation("LFPN noise ratio 0.1 (Table 11: 0.03)", {"noise_ratio": 0.1}),
+    "noise0.3": Variation("LFPN noise ratio 0.3", {"noise_ratio": 0.3}),
+    "ladder_weight0.1": Variation("ladder cost weight λ_us 0.1 (default 1)", {"loss_weights#loss_ladder": 0.1}),
+    "ladder_weight10": Variation("ladder cost weight λ_us 10", {"loss_weights#loss_ladder": 10.0}),
+    "raw_targets": Variation("LFPN clean targets not normalised", {"network_def#normalize_targets": False}),
+    "unlabeled_x2": Variation("2 unlabeled batches per labeled batch (default 1)", {"unlabeled_batches": 2}),
+}
+
+
+@dataclass(frozen=True)
 class RunSpec:
-    """One training + evaluation: a Table 4 variant, a seed and the fractions of labeled/unlabeled data used."""
+    """One training + evaluation of a Table 4 variant with a seed.
+
+    It uses fractions of the labeled and unlabeled data and, optionally, one :data:`VARIATIONS` change.
+    """
 
     variant: str
     seed: int
     labeled_fraction: float = 1.0
     unlabeled_fraction: float = 1.0
+    variation: str = ""
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown variant {self.variant!r}; choose from {list(VARIANTS)}")
+        if self.variation and self.variation not in VARIATIONS:
+            raise ValueError(f"unknown variation {self.variation!r}; choose from {list(VARIATIONS)}")
         if not VARIANTS[self.variant][1]:  # without the ladder nothing reads unlabeled scans
             object.__setattr__(self, "unlabeled_fraction", 0.0)
 
@@ -197,31 +237,37 @@ class RunSpec:
     def name(self) -> str:
         """Folder name, unique per run."""
         unlabeled = f"-u{self.unlabeled_fraction:g}" if VARIANTS[self.variant][1] else ""
-        return f"{self.variant}-l{self.labeled_fraction:g}{unlabeled}-s{self.seed}"
+        variation = f"-{self.variation}" if self.variation else ""
+        return f"{self.variant}-l{self.labeled_fraction:g}{unlabeled}-s{self.seed}{variation}"
 
     @property
     def teacher(self) -> RunSpec | None:
         """The MaligNet run whose model labels the unlabeled scans for a self-training run."""
         if not VARIANTS[self.variant][3]:
             return None
-        return RunSpec("malignet", self.seed, self.labeled_fraction, self.unlabeled_fraction)
+        return RunSpec("malignet", self.seed, self.labeled_fraction, self.unlabeled_fraction, self.variation)
 
 
 def plan_runs(
     profile: Profile,
-    sweeps: Sequence[str] = SWEEPS,
+    sweeps: Sequence[str] = DEFAULT_SWEEPS,
     seeds: Sequence[int] | None = None,
     variants: Sequence[str] | None = None,
+    variations: Sequence[str] | None = None,
 ) -> list[RunSpec]:
     """The runs of the chosen sweeps, seed by seed (so a partial run has whole seeds), without duplicates.
 
     The labeled sweep compares Mask R-CNN and MaligNet; the unlabeled sweep varies MaligNet's unlabeled
-    scans with all labels. Their full-data points are the Table 4 runs and are trained once. A
-    self-training run is preceded by its teacher.
+    scans with all labels. Their full-data points are the Table 4 runs and are trained once. The ``why``
+    sweep trains each :data:`VARIATIONS` change (or only ``variations``) next to the unchanged runs it is
+    compared with. A self-training run is preceded by its teacher.
     """
     unknown = [s for s in sweeps if s not in SWEEPS]
     if unknown:
         raise ValueError(f"unknown sweeps {unknown}; choose from {list(SWEEPS)}")
+    changes = list(VARIATIONS) if variations is None else list(variations)
+    if set(changes) - set(VARIATIONS):
+        raise ValueError(f"unknown variations {sorted(set(changes) - set(VARIATIONS))}; choose from {list(VARIATIONS)}")
     runs: list[RunSpec] = []
     for seed in profile.seeds if seeds is None else seeds:
         wanted: list[RunSpec] = []
@@ -231,6 +277,9 @@ def plan_runs(
             wanted += [RunSpec(v, seed, f) for f in profile.labeled_fractions for v in ("fpn", "malignet")]
         if "unlabeled" in sweeps:
             wanted += [RunSpec("malignet", seed, 1.0, f) for f in profile.unlabeled_fractions]
+        if "why" in sweeps:
+            wanted += [RunSpec(v, seed) for v in ("fpn", "malignet")]
+            wanted += [RunSpec(v, seed, variation=k) for k in changes for v in VARIATIONS[k].variants]
         if variants is not None:
             wanted = [r for r in wanted if r.variant in variants]
         for run in wanted:
@@ -340,7 +389,9 @@ def run_overrides(
     from monai.bundle import ConfigParser
 
     _, ladder, global_features, self_training = VARIANTS[run.variant]
+    variation = VARIATIONS[run.variation] if run.variation else Variation("")
     iterations = profile.self_training_iterations if self_training else profile.iterations
+    iterations = round(iterations * variation.iterations_factor)
     epochs, epoch_length = _schedule(iterations, len(datalist["labeled"]), profile.batch_size)
     overrides: dict[str, Any] = {
         "dataset_dir": str(dataset_dir),
@@ -360,6 +411,7 @@ def run_overrides(
         "network_def#anchor_sizes": _scaled_anchors(profile.image_size),
         **{f"network_def#{k}": v for k, v in profile.network.items()},
         **profile.extra,
+        **variation.overrides,
     }
     if ladder and not datalist["unlabeled"]:
         overrides["train#trainer#unlabeled_data_loader"] = None
@@ -403,6 +455,7 @@ def execute_run(
     output_dir: Path,
     chest_detector: Path,
     tracking: str | None = None,
+    reevaluate: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate ``run`` unless ``result.json`` says it is done; returns that result.
 
@@ -413,11 +466,13 @@ def execute_run(
         output_dir: benchmark folder; the run lives in ``output_dir/runs/<run.name>``.
         chest_detector: chest detector weights.
         tracking: ``"mlflow"`` to log the run through the bundle's tracking, else None.
+        reevaluate: evaluate a finished run again with its trained model (after a change to the evaluation).
     """
     run_dir = output_dir / "runs" / run.name
     result_path = run_dir / "result.json"
-    if result_path.is_file():
-        return json.loads(result_path.read_text())
+    previous = json.loads(result_path.read_text()) if result_path.is_file() else None
+    if previous is not None and not reevaluate:
+        return previous
     datalist = subset_datalist(load_datalist(dataset_dir / "datalist.json"), run)
     write_json_atomic(datalist, run_dir / "datalist.json")
     cache_dir = output_dir / "cache"
@@ -426,9 +481,11 @@ def execute_run(
     write_json_atomic(overrides, override_file)
     files = [*_config_files(run), override_file]
     started = time.perf_counter()
+    train_seconds = previous["train_seconds"] if previous is not None else None
     if not (run_dir / "models" / "model.pt").is_file() or not (run_dir / "trained").is_file():
         _workflow(files, "training", tracking)
         (run_dir / "trained").touch()
+        train_seconds = None
     trained = time.perf_counter()
     _workflow([*files[:-1], CONFIG_DIR / "evaluate.json", override_file], "evaluating", tracking)
     metrics = json.loads((run_dir / "evaluation" / "metrics.json").read_text())["metrics"]
@@ -439,7 +496,7 @@ def execute_run(
         "labeled_views": len(datalist["labeled"]),
         "unlabeled_views": len(datalist["unlabeled"]) if VARIANTS[run.variant][1] else 0,
         "epochs": overrides["epochs"],
-        "train_seconds": round(trained - started, 1),
+        "train_seconds": round(trained - started, 1) if train_seconds is None else train_seconds,
         "evaluate_seconds": round(time.perf_counter() - trained, 1),
         "metrics": metrics,
     }
@@ -450,18 +507,20 @@ def execute_run(
 
 
 def aggregate(results: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and sample standard deviation over seeds, one row per (variant, labeled, unlabeled fraction)."""
+    """Mean and sample standard deviation over seeds, one row per (variant, labeled, unlabeled fraction, variation)."""
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for result in results:
         r = result["run"]
-        groups.setdefault((r["variant"], r["labeled_fraction"], r["unlabeled_fraction"]), []).append(result)
+        key = (r["variant"], r["labeled_fraction"], r["unlabeled_fraction"], r.get("variation", ""))
+        groups.setdefault(key, []).append(result)
     rows = []
-    for (variant, labeled, unlabeled), members in groups.items():
+    for (variant, labeled, unlabeled, variation), members in groups.items():
         row: dict[str, Any] = {
             "variant": variant,
             "row": VARIANTS[variant][0],
             "labeled_fraction": labeled,
             "unlabeled_fraction": unlabeled,
+            "variation": variation,
             "labeled_views": members[0]["labeled_views"],
             "unlabeled_views": members[0]["unlabeled_views"],
             "seeds": sorted(m["run"]["seed"] for m in members),
@@ -491,12 +550,68 @@ def _table(rows: Sequence[Mapping[str, Any]], label: str, label_of: Any) -> str:
     return "\n".join(lines)
 
 
-def _find(rows: Sequence[Mapping[str, Any]], variant: str, labeled: float, unlabeled: float) -> dict | None:
+def _find(
+    rows: Sequence[Mapping[str, Any]], variant: str, labeled: float, unlabeled: float, variation: str = ""
+) -> dict | None:
     unlabeled = unlabeled if VARIANTS[variant][1] else 0.0
+    wanted = (variant, labeled, unlabeled, variation)
     for row in rows:
-        if (row["variant"], row["labeled_fraction"], row["unlabeled_fraction"]) == (variant, labeled, unlabeled):
+        if (row["variant"], row["labeled_fraction"], row["unlabeled_fraction"], row["variation"]) == wanted:
             return dict(row)
     return None
+
+
+def _why_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The ``why`` sweep: each change next to the unchanged run of the same variant and seeds.
+
+    ``delta_f1`` is the mean over seeds of (changed − unchanged) test mean F1, a paired difference, so the
+    seed-to-seed spread the changes share does not hide a consistent shift.
+    """
+    changed = [r for r in results if r["run"].get("variation")]
+    seeds = {r["run"]["seed"] for r in changed}
+    variants = {r["run"]["variant"] for r in changed}
+
+    def is_reference(r: Mapping[str, Any]) -> bool:
+        run = r["run"]
+        all_unlabeled = run["unlabeled_fraction"] == 1.0 or not VARIANTS[run["variant"]][1]
+        full = run["labeled_fraction"] == 1.0 and all_unlabeled
+        return not run.get("variation") and full and run["seed"] in seeds and run["variant"] in variants
+
+    references = [r for r in results if is_reference(r)]
+    f1 = {
+        (r["run"]["variant"], r["run"].get("variation", ""), r["run"]["seed"]): r["metrics"]["test_mean_f1"]
+        for r in [*references, *changed]
+    }
+    rows = []
+    for row in aggregate([*references, *changed]):
+        pairs = [(f1[(row["variant"], row["variation"], s)], f1.get((row["variant"], "", s))) for s in row["seeds"]]
+        deltas = [a - b for a, b in pairs if b is not None]
+        row["delta_f1"] = float(np.mean(deltas)) if deltas and row["variation"] else float("nan")
+        row["change"] = VARIATIONS[row["variation"]].description if row["variation"] else "unchanged"
+        rows.append(row)
+    order = ["", *VARIATIONS]  # unchanged first, then the changes in their listed order
+    return sorted(rows, key=lambda r: (order.index(r["variation"]), r["variant"]))
+
+
+def _plot_why(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from malignet_bundle.outputs.evaluation_report import save_figure
+
+    fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(rows) + 1.2))
+    labels = [f"{'Mask R-CNN' if r['variant'] == 'fpn' else 'MaligNet'}: {r['change']}" for r in rows]
+    err = [0.0 if math.isnan(r["test_mean_f1_std"]) else r["test_mean_f1_std"] for r in rows]
+    colors = ["tab:grey" if r["variant"] == "fpn" else "tab:blue" for r in rows]
+    y = np.arange(len(rows))[::-1]
+    ax.barh(y, [r["test_mean_f1"] for r in rows], xerr=err, color=colors, capsize=3)
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_xlabel("test mean F1 (mean ± sd over seeds)")
+    ax.set_title("One change at a time (why sweep)")
+    ax.grid(axis="x", alpha=0.3)
+    save_figure(fig, path)
 
 
 def _plot_sweep(
@@ -549,6 +664,9 @@ def write_report(
         for v in ("fpn", "malignet")
     }
     unlabeled = [r for f in profile.unlabeled_fractions if (r := _find(rows, "malignet", 1.0, f)) is not None]
+    why = _why_rows(results) if any(r["run"].get("variation") for r in results) else []
+    if why:
+        _plot_why(why, output_dir / "why.png")
     if any(len(v) > 1 for v in labeled.values()):
         _plot_sweep(
             labeled,
@@ -595,6 +713,14 @@ def write_report(
             _table(unlabeled, "unlabeled views", lambda r: str(r["unlabeled_views"])),
             "",
         ]
+    if why:
+        table = _table(why, "row, change", lambda r: f"{r['row']}, {r['change']}")
+        lines = table.split("\n")
+        lines[0] += " Δ mean F1 (paired) |"
+        lines[1] += "---|"
+        for k, row in enumerate(why):
+            lines[k + 2] += " — |" if math.isnan(row["delta_f1"]) else f" {row['delta_f1']:+.3f} |"
+        parts += ["### Why: one change at a time", "", "\n".join(lines), ""]
     markdown = "\n".join(parts)
     write_json_atomic(
         {"profile": asdict(profile), "command": command, "rows": rows, "runs": list(results)},
