@@ -112,7 +112,7 @@ def test_why_report_pairs_each_change_with_its_seed(tmp_path):
     section = markdown.split("### Why")[1]
     unchanged, changed = [line for line in section.splitlines() if line.startswith("| ResNet + LFPN")]
     assert "unchanged" in unchanged and "0.300 ± 0.283" in unchanged  # seeds 0 and 1 only, not u0 or seed 2
-    assert "noise ratio 0.3" in changed and changed.endswith(" +0.100 |")  # paired: +0.1 on both seeds
+    assert "noise ratio 0.3" in changed and changed.endswith(" +0.100 | — |")  # paired: +0.1 on both seeds
     assert (tmp_path / "why.png").read_bytes()[:4] == b"\x89PNG"
 
 

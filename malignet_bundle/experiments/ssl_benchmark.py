@@ -74,6 +74,8 @@ REPORTED_METRICS = {
     "test_froc_cpm": "FROC CPM",
     "test_pixel_dice": "pixel Dice",
 }
+# what the plots show: the thresholded headline metric and the threshold-free ranking one
+PLOTTED_METRICS = {"test_mean_f1": "test mean F1 at 0.7", "test_ap50": "test AP50"}
 
 
 @dataclass(frozen=True)
@@ -564,8 +566,8 @@ def _find(
 def _why_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The ``why`` sweep: each change next to the unchanged run of the same variant and seeds.
 
-    ``delta_f1`` is the mean over seeds of (changed − unchanged) test mean F1, a paired difference, so the
-    seed-to-seed spread the changes share does not hide a consistent shift.
+    ``delta_<metric>`` (for the :data:`PLOTTED_METRICS`) is the mean over seeds of (changed − unchanged), a
+    paired difference, so the seed-to-seed spread the changes share does not hide a consistent shift.
     """
     changed = [r for r in results if r["run"].get("variation")]
     seeds = {r["run"]["seed"] for r in changed}
@@ -578,15 +580,20 @@ def _why_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         return not run.get("variation") and full and run["seed"] in seeds and run["variant"] in variants
 
     references = [r for r in results if is_reference(r)]
-    f1 = {
-        (r["run"]["variant"], r["run"].get("variation", ""), r["run"]["seed"]): r["metrics"]["test_mean_f1"]
+    value = {
+        (r["run"]["variant"], r["run"].get("variation", ""), r["run"]["seed"], key): r["metrics"].get(key, np.nan)
         for r in [*references, *changed]
+        for key in PLOTTED_METRICS
     }
     rows = []
     for row in aggregate([*references, *changed]):
-        pairs = [(f1[(row["variant"], row["variation"], s)], f1.get((row["variant"], "", s))) for s in row["seeds"]]
-        deltas = [a - b for a, b in pairs if b is not None]
-        row["delta_f1"] = float(np.mean(deltas)) if deltas and row["variation"] else float("nan")
+        for key in PLOTTED_METRICS:
+            pairs = [
+                (value[(row["variant"], row["variation"], s, key)], value.get((row["variant"], "", s, key)))
+                for s in row["seeds"]
+            ]
+            deltas = [a - b for a, b in pairs if b is not None]
+            row[f"delta_{key}"] = float(np.mean(deltas)) if deltas and row["variation"] else float("nan")
         row["change"] = VARIATIONS[row["variation"]].description if row["variation"] else "unchanged"
         rows.append(row)
     order = ["", *VARIATIONS]  # unchanged first, then the changes in their listed order
@@ -601,16 +608,17 @@ def _plot_why(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
 
     from malignet_bundle.outputs.evaluation_report import save_figure
 
-    fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(rows) + 1.2))
+    fig, axes = plt.subplots(1, len(PLOTTED_METRICS), figsize=(11, 0.35 * len(rows) + 1.4), sharey=True)
     labels = [f"{'Mask R-CNN' if r['variant'] == 'fpn' else 'MaligNet'}: {r['change']}" for r in rows]
-    err = [0.0 if math.isnan(r["test_mean_f1_std"]) else r["test_mean_f1_std"] for r in rows]
     colors = ["tab:grey" if r["variant"] == "fpn" else "tab:blue" for r in rows]
     y = np.arange(len(rows))[::-1]
-    ax.barh(y, [r["test_mean_f1"] for r in rows], xerr=err, color=colors, capsize=3)
-    ax.set_yticks(y, labels, fontsize=7)
-    ax.set_xlabel("test mean F1 (mean ± sd over seeds)")
-    ax.set_title("One change at a time (why sweep)")
-    ax.grid(axis="x", alpha=0.3)
+    for ax, (key, label) in zip(axes, PLOTTED_METRICS.items(), strict=True):
+        err = [0.0 if math.isnan(r[f"{key}_std"]) else r[f"{key}_std"] for r in rows]
+        ax.barh(y, [r[key] for r in rows], xerr=err, color=colors, capsize=3)
+        ax.set_xlabel(f"{label} (mean ± sd over seeds)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, labels, fontsize=7)
+    fig.suptitle("One change at a time (why sweep; grey: Mask R-CNN, blue: MaligNet)")
     save_figure(fig, path)
 
 
@@ -629,21 +637,21 @@ def _plot_sweep(
 
     from malignet_bundle.outputs.evaluation_report import save_figure
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for name, rows in series.items():
-        if not rows:
-            continue
-        x = [r[x_key] for r in rows]
-        y = [r["test_mean_f1"] for r in rows]
-        err = [0.0 if math.isnan(r["test_mean_f1_std"]) else r["test_mean_f1_std"] for r in rows]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name)
-    if reference is not None:
-        ax.axhline(reference["test_mean_f1"], color="grey", linestyle="--", label=f"{reference['row']}, all labels")
-    ax.set_xlabel(x_label)
-    ax.set_ylabel("test mean F1 (mean ± sd over seeds)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(PLOTTED_METRICS), figsize=(10, 3.8))
+    for ax, (key, label) in zip(axes, PLOTTED_METRICS.items(), strict=True):
+        for name, rows in series.items():
+            if not rows:
+                continue
+            x = [r[x_key] for r in rows]
+            err = [0.0 if math.isnan(r[f"{key}_std"]) else r[f"{key}_std"] for r in rows]
+            ax.errorbar(x, [r[key] for r in rows], yerr=err, marker="o", capsize=3, label=name)
+        if reference is not None:
+            ax.axhline(reference[key], color="grey", linestyle="--", label=f"{reference['row']}, all labels")
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{title}: mean ± sd over seeds")
     save_figure(fig, path)
 
 
@@ -716,10 +724,12 @@ def write_report(
     if why:
         table = _table(why, "row, change", lambda r: f"{r['row']}, {r['change']}")
         lines = table.split("\n")
-        lines[0] += " Δ mean F1 (paired) |"
-        lines[1] += "---|"
-        for k, row in enumerate(why):
-            lines[k + 2] += " — |" if math.isnan(row["delta_f1"]) else f" {row['delta_f1']:+.3f} |"
+        for key in PLOTTED_METRICS:
+            lines[0] += f" Δ {REPORTED_METRICS[key]} (paired) |"
+            lines[1] += "---|"
+            for k, row in enumerate(why):
+                delta = row[f"delta_{key}"]
+                lines[k + 2] += " — |" if math.isnan(delta) else f" {delta:+.3f} |"
         parts += ["### Why: one change at a time", "", "\n".join(lines), ""]
     markdown = "\n".join(parts)
     write_json_atomic(
