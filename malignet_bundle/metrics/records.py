@@ -9,6 +9,7 @@ A record keeps every prediction it is given, for the ranking metrics (COCO AP, F
 ``score_threshold`` (Table 11: 0.7) for the metrics of a deployed detector (Tables 4–7, pixel scores):
 :meth:`ImageRecord.at_operating_point` drops what scores below it. Greedy matching in descending score makes
 that the same as matching only the predictions above the threshold.
+
 A record takes a few kB (about 7 kB with 100 detections of a 320 × 320 view), so a whole test set fits in
 memory and can be pickled across ranks.
 """
