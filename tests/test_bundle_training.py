@@ -136,9 +136,8 @@ def test_evaluate_json_writes_the_report_and_logs_to_mlflow(tiny):
     assert result.returncode == 0, log[-4000:]
     assert "Restored all variables from" in log and "model.pt" in log
     report = out / "evaluation"
-    assert {"metrics.json", "per_image.csv", "confusion_matrix.png", "froc.png", "metrics.md"} <= {
-        p.name for p in report.iterdir()
-    }
+    written = {"metrics.json", "per_image.csv", "confusion_matrix.png", "froc.png", "f1_threshold.png", "metrics.md"}
+    assert written <= {p.name for p in report.iterdir()}
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["detail"]["images"] == 2  # the test split: one study, two views
     assert len((report / "per_image.csv").read_text().splitlines()) == 3

@@ -231,7 +231,8 @@ def test_malignant_label_is_an_argument():
 
 def test_no_predictions():
     result = ev.evaluate_lesions([pred([], [], [])], [truth([A], [1])], num_classes=4)
-    s = result.scalars
+    s = dict(result.scalars)
+    assert s.pop("best_mean_f1_threshold") == 0.05  # F1 is 0 everywhere: the lowest threshold on the tie
     assert all(v == 0.0 for v in s.values()), {k: v for k, v in s.items() if v != 0.0}
     assert s["ap"] == 0.0 and s["ap50"] == 0.0 and s["froc_cpm"] == 0.0 and s["pixel_dice"] == 0.0
     assert result.per_image[0]["metastasis"] == "FN" and result.per_image[0]["localization_fn"] == 1
@@ -439,6 +440,8 @@ def test_scalar_names():
         "pixel_dice",
         "pixel_precision",
         "pixel_sensitivity",
+        "best_mean_f1",
+        "best_mean_f1_threshold",
     }
     assert set(scalars) == {f"test_{k}" for k in expected}
     assert all(re.fullmatch(r"[A-Za-z0-9_\-./]+", k) for k in scalars)
@@ -498,6 +501,7 @@ def test_operating_point_thresholds_tables_but_not_ap_or_froc():
     above = [{k: v[p["scores"] >= 0.5] for k, v in p.items()} for p in predictions]
     only_above = ev.evaluate_lesions(above, targets, 4, patient_ids=patients)
     ranking = {"ap", "ap50", "ap75", "froc_cpm", *(f"froc_sensitivity_at_{r}" for r in RATES)}
+    ranking |= {"best_mean_f1", "best_mean_f1_threshold"}  # the threshold curve also sees every prediction
     for name, value in operating.scalars.items():
         expected = everything if name in ranking else only_above
         assert value == pytest.approx(expected.scalars[name], nan_ok=True), name
@@ -507,6 +511,27 @@ def test_operating_point_thresholds_tables_but_not_ap_or_froc():
     key = LesionF1(num_classes=4, score_threshold=0.5)
     key.update((predictions, targets))
     assert key.compute() == pytest.approx(operating.scalars["mean_f1"])
+
+
+def test_score_threshold_curve_moves_the_operating_point():
+    """A confident hit, a missed lesion and a weak false positive: F1 is best just above the false positive."""
+    C = box(6, 0, 9, 3)  # on no lesion
+    predictions, targets = [pred([A, C], [1, 1], [0.9, 0.3])], [truth([A, B], [1, 1])]
+    curve = ev.evaluate_lesions(predictions, targets, 4).detail["score_threshold_curve"]
+    at = dict(zip(curve["thresholds"], curve["mean_f1"], strict=True))
+    assert at[0.3] == pytest.approx(0.5)  # P 1/2, S 1/2
+    assert at[0.35] == pytest.approx(2 / 3) and at[0.9] == pytest.approx(2 / 3)  # P 1, S 1/2
+    assert at[0.95] == 0.0
+    assert curve["best_threshold"] == 0.35 and curve["best_mean_f1"] == pytest.approx(2 / 3)
+    # every point is the thresholded evaluation, on a fixture with several classes and images
+    predictions, targets, patients = _fixture()
+    full = ev.evaluate_lesions(predictions, targets, 4, patient_ids=patients)
+    curve = full.detail["score_threshold_curve"]
+    points = zip(curve["thresholds"], curve["mean_f1"], curve["localization_f1"], strict=True)
+    for threshold, mean_f1, localization_f1 in points:
+        cut = ev.evaluate_lesions(predictions, targets, 4, patient_ids=patients, score_threshold=threshold).scalars
+        assert (mean_f1, localization_f1) == pytest.approx((cut["mean_f1"], cut["localization_f1"])), threshold
+    assert full.scalars["best_mean_f1"] == max(curve["mean_f1"])
 
 
 def _distributed_worker(rank, world_size, init_file, out_dir):

@@ -2,8 +2,9 @@
 
 After the evaluator's epoch, when the metrics have been computed, it writes to ``output_dir``:
 ``metrics.json`` (every scalar plus per-class tables, confusion matrix and FROC curve), ``per_image.csv``,
-``confusion_matrix.png`` (thesis Fig. 17), ``froc.png`` and ``metrics.md`` (the per-class table for the
-model card). Only rank 0 writes under DistributedDataParallel.
+``confusion_matrix.png`` (thesis Fig. 17), ``froc.png``, ``f1_threshold.png`` (F1 against the confidence
+threshold) and ``metrics.md`` (the per-class table for the model card). Only rank 0 writes under
+DistributedDataParallel.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ class EvaluationReportHandler:
         )
         froc = result.detail["froc"]
         report.plot_froc(froc["fp_per_image"], froc["sensitivity"], froc["operating_points"], out / "froc.png")
+        report.plot_score_threshold_curve(
+            result.detail["score_threshold_curve"], self.metric.score_threshold, out / "f1_threshold.png"
+        )
         report.write_text_atomic(self.markdown(result), out / "metrics.md")
         logger.info("evaluation report written to %s", out)
 
@@ -78,6 +82,7 @@ class EvaluationReportHandler:
                 "pixel Dice": pixel["dice"],
             }
         }
+        curve = d["score_threshold_curve"]
         return "\n".join(
             [
                 f"Test images: {d['images']}; lesions matched at mask IoU ≥ the configured threshold.\n",
@@ -102,5 +107,8 @@ class EvaluationReportHandler:
                     [f"{r:g}" for r in froc["operating_points"]],
                     "FROC: sensitivity at false positives per image",
                 ),
+                f"Mean F1 at the operating point {self.metric.score_threshold:g}: {d['segmentation']['mean_f1']:.3f}; "
+                f"highest over confidence thresholds: {curve['best_mean_f1']:.3f} at {curve['best_threshold']:g} "
+                "(chosen on this split, so optimistic; f1_threshold.png).\n",
             ]
         )

@@ -73,6 +73,7 @@ REPORTED_METRICS = {
     "test_ap50": "AP50",
     "test_froc_cpm": "FROC CPM",
     "test_pixel_dice": "pixel Dice",
+    "test_best_mean_f1": "mean F1 at the best threshold (optimistic)",
 }
 # what the plots show: the thresholded headline metric and the threshold-free ranking one
 PLOTTED_METRICS = {"test_mean_f1": "test mean F1 at 0.7", "test_ap50": "test AP50"}
@@ -211,6 +212,10 @@ VARIATIONS: dict[str, Variation] = {
     "ladder_weight10": Variation("ladder cost weight λ_us 10", {"loss_weights#loss_ladder": 10.0}),
     "raw_targets": Variation("LFPN clean targets not normalised", {"network_def#normalize_targets": False}),
     "unlabeled_x2": Variation("2 unlabeled batches per labeled batch (default 1)", {"unlabeled_batches": 2}),
+    # the one knob that raised mean F1 at 200 steps, tried where the schedule no longer dominates
+    "steps3x_ladder_weight0.1": Variation(
+        "3× the step budget and λ_us 0.1", {"loss_weights#loss_ladder": 0.1}, iterations_factor=3.0
+    ),
 }
 
 
@@ -703,7 +708,12 @@ def write_report(
     ]
     if dataset_summary:
         parts.append(f"Lesions drawn: {json.dumps(dataset_summary.get('lesions_drawn', {}))}.")
-    parts += ["", "Mean ± sample sd over seeds, test split, IoU 0.5, detection confidence 0.7 (Table 11).", ""]
+    parts += [
+        "",
+        "Mean ± sample sd over seeds, test split, IoU 0.5, detection confidence 0.7 (Table 11); AP50, FROC and "
+        "the best-threshold mean F1 (the threshold picked on the test split itself) rank every detection ≥ 0.05.",
+        "",
+    ]
     if table4:
         parts += ["### Table 4 ablation", "", _table(table4, "row", lambda r: r["row"]), ""]
     if any(labeled.values()):

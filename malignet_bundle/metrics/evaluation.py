@@ -39,7 +39,7 @@ because AP is undefined there; with ground truth but no prediction it is 0.0.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ignite.distributed as idist
@@ -67,12 +67,16 @@ __all__ = [
     "froc",
     "pixel_metrics",
     "per_image_rows",
+    "SCORE_THRESHOLDS",
+    "score_threshold_curve",
     "evaluate_records",
     "evaluate_lesions",
     "LesionMetrics",
 ]
 
 OUTCOMES = ("TP", "FP", "FN", "TN")
+# operating points of the mean-F1 curve: 0.05, 0.10, …, 0.95
+SCORE_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))
 
 
 @dataclass
@@ -83,7 +87,7 @@ class EvaluationResult:
         scalars: flat ``{name: float}`` (MLflow-safe names), what :class:`LesionMetrics` returns.
         detail: per-family nested results: ``images``, ``segmentation``, ``localization``, ``classification``
             (with ``confusion`` and ``confusion_normalised``), ``metastasis``, ``coco``, ``froc`` (with the
-            curve), ``pixel``.
+            curve), ``pixel``, ``score_threshold_curve``.
         per_image: one row per image for a CSV (see :func:`per_image_rows`).
     """
 
@@ -271,6 +275,40 @@ def per_image_rows(records: Sequence[ImageRecord], malignant_label: int = 1) -> 
     return rows
 
 
+def score_threshold_curve(
+    records: Sequence[ImageRecord], num_classes: int, thresholds: Sequence[float] = SCORE_THRESHOLDS
+) -> dict[str, Any]:
+    """Mean F1 (Table 4) and localization F1 (Table 5) with the operating point moved to each threshold.
+
+    Greedy matching in descending score makes each point the same as matching only the predictions above it,
+    so one matching per image serves the whole curve. Points below the network's own score floor see no
+    more predictions than the floor does.
+
+    Args:
+        records: per-image records holding every prediction (their own ``score_threshold`` is ignored).
+        num_classes: lesion classes 1..C.
+        thresholds: the operating points, ascending.
+
+    Returns:
+        ``thresholds``, ``mean_f1`` and ``localization_f1`` (lists, one value per threshold), and
+        ``best_threshold`` / ``best_mean_f1``: the point of highest mean F1 (the lowest threshold on ties).
+        The best point is chosen on these same records, so it is optimistic.
+    """
+    mean_f1, localization_f1 = [], []
+    for threshold in thresholds:
+        at = [replace(r, score_threshold=threshold).at_operating_point() for r in records]
+        mean_f1.append(float(lesion_segmentation_metrics(at, num_classes)["mean_f1"]))
+        localization_f1.append(float(localization_metrics(at)["f1"]))
+    best = int(np.argmax(mean_f1)) if mean_f1 else 0
+    return {
+        "thresholds": [float(t) for t in thresholds],
+        "mean_f1": mean_f1,
+        "localization_f1": localization_f1,
+        "best_threshold": float(thresholds[best]) if mean_f1 else float("nan"),
+        "best_mean_f1": mean_f1[best] if mean_f1 else 0.0,
+    }
+
+
 def _rate_name(rate: float) -> str:
     return f"{rate:g}"
 
@@ -297,7 +335,8 @@ def evaluate_records(
         ``classification_accuracy``, ``classification_mean_accuracy|precision|sensitivity|specificity|f1``,
         ``metastasis_image_accuracy|precision|recall|specificity|f1``, the same for ``metastasis_patient_``,
         ``ap``, ``ap50``, ``ap75``, ``froc_cpm``, ``froc_sensitivity_at_<rate>`` (rates 0.125 … 8),
-        ``pixel_dice|precision|sensitivity``; the detail; the per-image rows.
+        ``pixel_dice|precision|sensitivity``, ``best_mean_f1`` and ``best_mean_f1_threshold`` (the top of
+        :func:`score_threshold_curve`, optimistic); the detail; the per-image rows.
     """
     operating = [r.at_operating_point() for r in records]
     segmentation = lesion_segmentation_metrics(operating, num_classes)
@@ -307,6 +346,7 @@ def evaluate_records(
     coco = coco_ap(records, num_classes, max_detections)  # ranking metrics: every prediction
     curve = froc(records)
     pixels = pixel_metrics(operating, num_classes)
+    threshold_curve = score_threshold_curve(records, num_classes)
     scalars = {
         **{k: segmentation[k] for k in ("mean_precision", "mean_sensitivity", "mean_f1")},
         **{
@@ -326,6 +366,8 @@ def evaluate_records(
         "froc_cpm": curve["cpm"],
         **{f"froc_sensitivity_at_{_rate_name(r)}": s for r, s in curve["operating_points"].items()},
         **{f"pixel_{k}": pixels[k] for k in ("dice", "precision", "sensitivity")},
+        "best_mean_f1": threshold_curve["best_mean_f1"],
+        "best_mean_f1_threshold": threshold_curve["best_threshold"],
     }
     detail = {
         "images": len(records),
@@ -336,6 +378,7 @@ def evaluate_records(
         "coco": coco,
         "froc": curve,
         "pixel": pixels,
+        "score_threshold_curve": threshold_curve,
     }
     return EvaluationResult(
         {f"{prefix}{k}": float(v) for k, v in scalars.items()}, detail, per_image_rows(operating, malignant_label)

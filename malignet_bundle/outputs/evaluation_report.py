@@ -23,6 +23,7 @@ __all__ = [
     "write_per_image_csv",
     "plot_confusion_matrix",
     "plot_froc",
+    "plot_score_threshold_curve",
     "markdown_tables",
     "save_figure",
 ]
@@ -125,6 +126,32 @@ def plot_froc(
     ax.set_ylabel("lesion sensitivity")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
+    save_figure(fig, path)
+
+
+def plot_score_threshold_curve(curve: Mapping[str, Any], operating_threshold: float, path: str | os.PathLike) -> None:
+    """Mean F1 (Table 4) and localization F1 (Table 5) against the detection confidence threshold.
+
+    Args:
+        curve: :func:`~malignet_bundle.metrics.evaluation.score_threshold_curve`'s result.
+        operating_threshold: the operating point the tables use (Table 11: 0.7), drawn as a vertical line.
+        path: PNG to write.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot(curve["thresholds"], curve["mean_f1"], marker="o", markersize=3, label="mean F1 (Table 4)")
+    ax.plot(curve["thresholds"], curve["localization_f1"], marker="s", markersize=3, label="localization F1")
+    ax.axvline(operating_threshold, color="grey", linestyle="--", label=f"operating point {operating_threshold:g}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("detection confidence threshold")
+    ax.set_ylabel("F1")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
     save_figure(fig, path)
 
 
