@@ -191,7 +191,9 @@ def test_smoke_profile_end_to_end_and_resumes(tmp_path):
     assert ("malignet_st", 1.0, 1.0) in variants and ("malignet", 1.0, 0.0) in variants
     markdown = (out / "results.md").read_text()
     assert "Table 4 ablation" in markdown and "±" in markdown
-    for plot in ("labeled_sweep.png", "unlabeled_sweep.png"):
+    curve = runs["fpn-l1-s0"]["score_threshold_curve"]
+    assert len(curve["thresholds"]) == len(curve["mean_f1"]) and curve["best_mean_f1"] == max(curve["mean_f1"])
+    for plot in ("labeled_sweep.png", "unlabeled_sweep.png", "threshold_curves.png"):
         assert (out / plot).read_bytes()[:4] == b"\x89PNG"
     # every run can be repeated on its own: its datalist and override config are beside its result
     overrides = json.loads((out / "runs" / "malignet_st-l1-u1-s0" / "overrides.json").read_text())

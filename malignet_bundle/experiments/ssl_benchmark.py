@@ -495,7 +495,8 @@ def execute_run(
         train_seconds = None
     trained = time.perf_counter()
     _workflow([*files[:-1], CONFIG_DIR / "evaluate.json", override_file], "evaluating", tracking)
-    metrics = json.loads((run_dir / "evaluation" / "metrics.json").read_text())["metrics"]
+    evaluation = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
+    metrics = evaluation["metrics"]
     result = {
         "run": asdict(run),
         "name": run.name,
@@ -506,6 +507,7 @@ def execute_run(
         "train_seconds": round(trained - started, 1) if train_seconds is None else train_seconds,
         "evaluate_seconds": round(time.perf_counter() - trained, 1),
         "metrics": metrics,
+        "score_threshold_curve": evaluation["detail"]["score_threshold_curve"],
     }
     write_json_atomic(result, result_path)
     for checkpoint in (run_dir / "models").glob("latest_checkpoint_epoch=*.pt"):
@@ -627,6 +629,59 @@ def _plot_why(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     save_figure(fig, path)
 
 
+def _plot_threshold_curves(results: Sequence[Mapping[str, Any]], path: Path) -> bool:
+    """Mean F1 against the confidence threshold, mean ± sd over seeds, for every full-data row and change.
+
+    Returns False (and writes nothing) when no result holds a curve (results from before it was recorded).
+    """
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for result in results:
+        run = result["run"]
+        all_unlabeled = run["unlabeled_fraction"] == 1.0 or not VARIANTS[run["variant"]][1]
+        if "score_threshold_curve" in result and run["labeled_fraction"] == 1.0 and all_unlabeled:
+            groups.setdefault((run["variant"], run.get("variation", "")), []).append(result["score_threshold_curve"])
+    if not groups:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from malignet_bundle.outputs.evaluation_report import save_figure
+
+    colors = dict(zip(TABLE4_VARIANTS, ("black", "tab:orange", "tab:green", "tab:blue", "tab:purple"), strict=True))
+    styles = dict(
+        zip(
+            VARIATIONS,
+            ("--", "-.", ":", (0, (5, 1)), (0, (1, 1)), (0, (3, 1, 1, 1)), (0, (8, 2)), (0, (2, 2))),
+            strict=False,
+        )
+    )
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    order = ["", *VARIATIONS]
+    for variant, variation in sorted(groups, key=lambda g: (order.index(g[1]), TABLE4_VARIANTS.index(g[0]))):
+        curves = groups[(variant, variation)]
+        x = np.asarray(curves[0]["thresholds"])
+        y = np.asarray([c["mean_f1"] for c in curves])
+        label = VARIANTS[variant][0] + (f", {VARIATIONS[variation].description}" if variation else "")
+        label += f" ({len(curves)} seed{'s' if len(curves) > 1 else ''})"
+        style = dict(color=colors[variant], linestyle=styles.get(variation, "-"))
+        ax.plot(x, y.mean(0), label=label, **style)
+        if len(curves) > 1:
+            sd = y.std(0, ddof=1)
+            ax.fill_between(x, y.mean(0) - sd, y.mean(0) + sd, alpha=0.1, color=colors[variant])
+    ax.axvline(0.7, color="tab:red", linewidth=0.8, label="operating point 0.7 (Table 11)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("detection confidence threshold")
+    ax.set_ylabel("test mean F1 (Table 4)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="upper left")
+    ax.set_title("Mean F1 against the confidence threshold: mean ± sd over seeds")
+    save_figure(fig, path)
+    return True
+
+
 def _plot_sweep(
     series: Mapping[str, Sequence[Mapping[str, Any]]],
     x_key: str,
@@ -667,7 +722,11 @@ def write_report(
     command: str,
     dataset_summary: Mapping[str, Any] | None = None,
 ) -> str:
-    """Write ``results.json``, ``results.md`` and the two sweep plots to ``output_dir``; returns the Markdown."""
+    """Write ``results.json``, ``results.md`` and the plots to ``output_dir``; returns the Markdown.
+
+    The plots: the two sweeps, the why sweep (when it ran) and ``threshold_curves.png`` (mean F1 against the
+    confidence threshold of every full-data row).
+    """
     from malignet_bundle.outputs.evaluation_report import write_text_atomic
 
     rows = aggregate(results)
@@ -697,6 +756,7 @@ def write_report(
             output_dir / "unlabeled_sweep.png",
             reference=_find(rows, "fpn", 1.0, 0.0),
         )
+    _plot_threshold_curves(results, output_dir / "threshold_curves.png")
     seeds = sorted({r["run"]["seed"] for r in results})
     parts = [
         f"## Semi-supervised benchmark, `{profile.name}` profile",
