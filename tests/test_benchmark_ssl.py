@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from malignet_bundle.experiments.ssl_benchmark import (
     PROFILES,
@@ -108,7 +109,9 @@ def test_why_report_pairs_each_change_with_its_seed(tmp_path):
         result("malignet", 1, 0.6, "noise0.3"),
         {**result("malignet", 0, 0.9), "run": {**result("malignet", 0, 0.9)["run"], "unlabeled_fraction": 0.0}},
     ]
+    results[0]["trained_on"] = "machine A"  # the others say nothing: pooled from two machines, and said so
     markdown = write_report(results, PROFILES["smoke"], tmp_path, "cmd")
+    assert "Trained on: machine A; not recorded." in markdown and "come from 2 machines" in markdown
     section = markdown.split("### Why")[1]
     unchanged, changed = [line for line in section.splitlines() if line.startswith("| ResNet + LFPN")]
     assert "unchanged" in unchanged and "0.300 ± 0.283" in unchanged  # seeds 0 and 1 only, not u0 or seed 2
@@ -191,6 +194,8 @@ def test_smoke_profile_end_to_end_and_resumes(tmp_path):
     assert ("malignet_st", 1.0, 1.0) in variants and ("malignet", 1.0, 0.0) in variants
     markdown = (out / "results.md").read_text()
     assert "Table 4 ablation" in markdown and "±" in markdown
+    machine = runs["fpn-l1-s0"]["trained_on"]
+    assert torch.backends.cpu.get_cpu_capability() in machine and f"Trained on: {machine}." in markdown
     curve = runs["fpn-l1-s0"]["score_threshold_curve"]
     assert len(curve["thresholds"]) == len(curve["mean_f1"]) and curve["best_mean_f1"] == max(curve["mean_f1"])
     for plot in ("labeled_sweep.png", "unlabeled_sweep.png", "threshold_curves.png"):
@@ -212,4 +217,5 @@ def test_smoke_profile_end_to_end_and_resumes(tmp_path):
     after = json.loads((out / "runs" / "fpn-l1-s0" / "result.json").read_text())
     assert (out / "runs" / "fpn-l1-s0" / "result.json").stat().st_mtime_ns != stamp  # evaluated again ...
     assert after["train_seconds"] == before["train_seconds"]  # ... with the trained model, not retrained
+    assert after["trained_on"] == before["trained_on"]
     assert "loss:" not in third.stdout + third.stderr

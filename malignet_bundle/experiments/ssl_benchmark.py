@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import platform
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -455,6 +456,33 @@ def _workflow(files: Sequence[Path], run_id: str, tracking: str | None) -> None:
     workflow.finalize()
 
 
+def machine_description() -> str:
+    """The processor, the CPU kernels torch dispatches to, the torch version and the GPU, in one line.
+
+    Recorded with every run because the same code, seed and data train a different model on a processor whose
+    vector kernels round differently (docs/BENCHMARKS.md, Result 2), so runs are comparable per machine.
+    """
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass  # not Linux: platform's answer stands
+    parts = [
+        cpu,
+        f"{torch.backends.cpu.get_cpu_capability()} kernels",
+        f"{os.cpu_count()} cores",
+        f"torch {torch.__version__}",
+    ]
+    if torch.cuda.is_available():
+        parts.append(torch.cuda.get_device_name(0))
+    return ", ".join(parts)
+
+
 def execute_run(
     run: RunSpec,
     profile: Profile,
@@ -489,10 +517,11 @@ def execute_run(
     files = [*_config_files(run), override_file]
     started = time.perf_counter()
     train_seconds = previous["train_seconds"] if previous is not None else None
+    trained_on = previous.get("trained_on", "not recorded") if previous is not None else None
     if not (run_dir / "models" / "model.pt").is_file() or not (run_dir / "trained").is_file():
         _workflow(files, "training", tracking)
         (run_dir / "trained").touch()
-        train_seconds = None
+        train_seconds, trained_on = None, None
     trained = time.perf_counter()
     _workflow([*files[:-1], CONFIG_DIR / "evaluate.json", override_file], "evaluating", tracking)
     evaluation = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
@@ -506,6 +535,7 @@ def execute_run(
         "epochs": overrides["epochs"],
         "train_seconds": round(trained - started, 1) if train_seconds is None else train_seconds,
         "evaluate_seconds": round(time.perf_counter() - trained, 1),
+        "trained_on": machine_description() if trained_on is None else trained_on,
         "metrics": metrics,
         "score_threshold_curve": evaluation["detail"]["score_threshold_curve"],
     }
@@ -768,6 +798,13 @@ def write_report(
     ]
     if dataset_summary:
         parts.append(f"Lesions drawn: {json.dumps(dataset_summary.get('lesions_drawn', {}))}.")
+    machines = sorted({r.get("trained_on", "not recorded") for r in results})
+    parts.append(f"Trained on: {'; '.join(machines)}.")
+    if len(machines) > 1:
+        parts.append(
+            f"These runs come from {len(machines)} machines; the machine changes the trained model as much as "
+            "the seed does, so compare rows trained on the same one."
+        )
     parts += [
         "",
         "Mean ± sample sd over seeds, test split, IoU 0.5, detection confidence 0.7 (Table 11); AP50, FROC and "
