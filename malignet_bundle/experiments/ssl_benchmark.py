@@ -600,6 +600,12 @@ def _find(
     return None
 
 
+def _uses_all_data(run: Mapping[str, Any]) -> bool:
+    """Whether ``run`` (a :class:`RunSpec` as a dict) trained on every labeled and, if it uses them, unlabeled scan."""
+    all_unlabeled = run["unlabeled_fraction"] == 1.0 or not VARIANTS[run["variant"]][1]
+    return run["labeled_fraction"] == 1.0 and all_unlabeled
+
+
 def _why_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The ``why`` sweep: each change next to the unchanged run of the same variant and seeds.
 
@@ -612,9 +618,7 @@ def _why_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
     def is_reference(r: Mapping[str, Any]) -> bool:
         run = r["run"]
-        all_unlabeled = run["unlabeled_fraction"] == 1.0 or not VARIANTS[run["variant"]][1]
-        full = run["labeled_fraction"] == 1.0 and all_unlabeled
-        return not run.get("variation") and full and run["seed"] in seeds and run["variant"] in variants
+        return not run.get("variation") and _uses_all_data(run) and run["seed"] in seeds and run["variant"] in variants
 
     references = [r for r in results if is_reference(r)]
     value = {
@@ -659,19 +663,18 @@ def _plot_why(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     save_figure(fig, path)
 
 
-def _plot_threshold_curves(results: Sequence[Mapping[str, Any]], path: Path) -> bool:
+def _plot_threshold_curves(results: Sequence[Mapping[str, Any]], path: Path) -> None:
     """Mean F1 against the confidence threshold, mean ± sd over seeds, for every full-data row and change.
 
-    Returns False (and writes nothing) when no result holds a curve (results from before it was recorded).
+    Writes nothing when no result holds a curve (results from before it was recorded).
     """
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for result in results:
         run = result["run"]
-        all_unlabeled = run["unlabeled_fraction"] == 1.0 or not VARIANTS[run["variant"]][1]
-        if "score_threshold_curve" in result and run["labeled_fraction"] == 1.0 and all_unlabeled:
+        if "score_threshold_curve" in result and _uses_all_data(run):
             groups.setdefault((run["variant"], run.get("variation", "")), []).append(result["score_threshold_curve"])
     if not groups:
-        return False
+        return
     import matplotlib
 
     matplotlib.use("Agg")
@@ -709,7 +712,6 @@ def _plot_threshold_curves(results: Sequence[Mapping[str, Any]], path: Path) -> 
     ax.legend(fontsize=6, loc="upper left")
     ax.set_title("Mean F1 against the confidence threshold: mean ± sd over seeds")
     save_figure(fig, path)
-    return True
 
 
 def _plot_sweep(
