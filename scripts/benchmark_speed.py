@@ -10,7 +10,6 @@ peak memory (RSS on CPU, allocator peak on GPU) comes from a fresh process per m
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import platform
 import resource
@@ -21,6 +20,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from malignet_bundle.atomic_io import write_json_atomic
 
 MODELS = {"maskrcnn": {"ladder": False, "global_features": False}, "malignet": {}}
 MALIGNET_OPTIONS: dict = {}  # set from the command line, e.g. the ladder combinator
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{b['positive_rois_per_image']:.1f} | {m['peak_memory_mib']:.0f} / {b['peak_memory_mib']:.0f} |"
         )
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+        write_json_atomic({"args": vars(args), "results": results}, args.json)
 
 
 if __name__ == "__main__":

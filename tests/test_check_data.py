@@ -7,7 +7,8 @@ import shutil
 import numpy as np
 import pydicom
 
-from malignet_bundle.data.annotations import to_labelme, write_json_atomic
+from malignet_bundle.atomic_io import write_json_atomic
+from malignet_bundle.data.annotations import to_labelme
 
 from .conftest import run_script
 

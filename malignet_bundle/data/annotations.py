@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -24,6 +23,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from skimage import measure
 
+from malignet_bundle.atomic_io import save_nifti_atomic, write_atomic, write_json_atomic
 from malignet_bundle.data.class_map import ClassMap
 from malignet_bundle.data.nm_dicom import InputFileError
 
@@ -31,7 +31,6 @@ __all__ = [
     "AnnotationError",
     "ViewAnnotation",
     "load_annotation",
-    "write_json_atomic",
     "to_coco_image",
     "coco_document",
     "to_labelme",
@@ -93,16 +92,6 @@ def to_json_types(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     return value
-
-
-def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """Write JSON through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------- export
@@ -178,19 +167,17 @@ def write_instance_label_image(
     for k, m in enumerate(masks):
         label[m] = k + 1
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    tmp = path.with_name(f".tmp.{path.name}")
     if suffix == ".png":
         from PIL import Image
 
-        Image.fromarray(label).save(tmp, format="PNG")
+        write_atomic(path, lambda tmp: Image.fromarray(label).save(tmp, format="PNG"))
     elif suffix in (".nii", ".nii.gz"):
         import nibabel as nib
 
         affine = np.diag([spacing_mm[1], spacing_mm[0], 1.0, 1.0])
-        nib.save(nib.Nifti1Image(label.T[..., None], affine), tmp)
+        save_nifti_atomic(nib.Nifti1Image(label.T[..., None], affine), path)
     else:
         raise ValueError(f"{path}: instance-label images must be .png, .nii or .nii.gz")
-    os.replace(tmp, path)
     write_json_atomic({str(k + 1): n for k, n in enumerate(class_names)}, _sidecar(path))
 
 

@@ -14,7 +14,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from malignet_bundle.data.annotations import write_instance_label_image, write_json_atomic
+from malignet_bundle.atomic_io import write_json_atomic
+from malignet_bundle.data.annotations import write_instance_label_image
 from malignet_bundle.data.class_map import ClassMap
 from malignet_bundle.data.nm_dicom import DicomInputError, read_nm_views
 from malignet_bundle.outputs.label_map import label_map_instances, read_label_map

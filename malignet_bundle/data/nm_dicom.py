@@ -20,7 +20,6 @@ import datetime
 import logging
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
+from malignet_bundle.atomic_io import atomic_path, save_dicom_atomic
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -47,7 +47,6 @@ __all__ = [
     "COMPRESSED_SYNTAXES",
     "read_nm_views",
     "build_nm_dataset",
-    "write_dataset_atomic",
     "write_compressed_copy",
 ]
 
@@ -312,20 +311,6 @@ def build_nm_dataset(
     return ds
 
 
-def write_dataset_atomic(ds: Dataset, path: str | os.PathLike) -> None:
-    """Write ``ds`` to ``path`` through a temporary file in the same folder, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_compressed_copy(src: str | os.PathLike, dst: str | os.PathLike, syntax: str) -> None:
     """Write a losslessly compressed copy of ``src`` to ``dst`` (``syntax``: a key of ``COMPRESSED_SYNTAXES``).
 
@@ -348,12 +333,11 @@ def write_compressed_copy(src: str | os.PathLike, dst: str | os.PathLike, syntax
         writer = gdcm.ImageWriter()
         writer.SetFile(reader.GetFile())
         writer.SetImage(change.GetOutput())
-        tmp = Path(dst).with_name(f".{Path(dst).name}.tmp")
-        writer.SetFileName(str(tmp))
-        if not writer.Write():
-            raise DicomInputError(dst, "GDCM could not write the file")
-        os.replace(tmp, dst)
+        with atomic_path(dst) as tmp:
+            writer.SetFileName(str(tmp))
+            if not writer.Write():
+                raise DicomInputError(dst, "GDCM could not write the file")
         return
     ds = pydicom.dcmread(src)
     ds.compress(uid)
-    write_dataset_atomic(ds, dst)
+    save_dicom_atomic(ds, dst)

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from malignet_bundle.data.annotations import coco_document, to_coco_image, write_json_atomic
+from malignet_bundle.atomic_io import save_dicom_atomic, write_json_atomic
+from malignet_bundle.data.annotations import coco_document, to_coco_image
 from malignet_bundle.data.class_map import DEFAULT_CLASSES, ClassMap
 from malignet_bundle.data.lesions import LesionSpec, lesion_patch, sample_lesions
-from malignet_bundle.data.nm_dicom import build_nm_dataset, write_dataset_atomic
+from malignet_bundle.data.nm_dicom import build_nm_dataset
 from malignet_bundle.data.phantom import Canvas, Patient, build_skeleton, sample_patient
 
 __all__ = ["SyntheticStudy", "synthesize_study", "write_study", "write_dataset", "SPLITS"]
@@ -180,7 +181,7 @@ def write_study(
                   seed_date=study_date)
     if layout == "multiframe":
         ds = build_nm_dataset([study.frames[v] for v in VIEWS], list(VIEWS), **common)
-        write_dataset_atomic(ds, out_dir / "studies" / f"{pid}.dcm")
+        save_dicom_atomic(ds, out_dir / "studies" / f"{pid}.dcm")
         files = {v: f"studies/{pid}.dcm" for v in VIEWS}
     elif layout == "single":
         from pydicom.uid import generate_uid
@@ -189,7 +190,7 @@ def write_study(
         for view in VIEWS:
             ds = build_nm_dataset([study.frames[view]], [view], study_uid=study_uid, **common)
             files[view] = f"studies/{pid}_{view[:4].upper()}.dcm"
-            write_dataset_atomic(ds, out_dir / files[view])
+            save_dicom_atomic(ds, out_dir / files[view])
     else:
         raise ValueError(f"layout must be 'multiframe' or 'single', got {layout!r}")
 

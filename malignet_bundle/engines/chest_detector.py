@@ -25,6 +25,7 @@ from monai.transforms import (
 )
 from tqdm import tqdm
 
+from malignet_bundle.atomic_io import save_torch_atomic
 from malignet_bundle.data.class_map import ClassMap
 from malignet_bundle.data.datalist import resolve_items
 from malignet_bundle.data.reader import NMWholeBodyReader
@@ -58,11 +59,7 @@ def _items(items: list[dict], dataset_dir: Path) -> list[dict]:
 
 def save_atomic(state: dict, path: str | os.PathLike) -> None:
     """``torch.save`` through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp.{path.name}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    save_torch_atomic(state, path)
 
 
 @torch.no_grad()

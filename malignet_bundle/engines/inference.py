@@ -268,7 +268,7 @@ def run_inference(
     Returns ``{"written": [study ids], "skipped": [(study id, reason)]}``, also written as
     ``output_dir/summary.json``.
     """
-    from malignet_bundle.data.annotations import write_json_atomic
+    from malignet_bundle.atomic_io import write_json_atomic
 
     summary: dict[str, list] = {"written": [], "skipped": []}
     iterator: Any = studies

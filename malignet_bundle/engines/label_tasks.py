@@ -18,7 +18,7 @@ from typing import Any
 
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from malignet_bundle.data.annotations import write_json_atomic
+from malignet_bundle.atomic_io import write_atomic, write_json_atomic
 from malignet_bundle.data.class_map import ClassMap
 from malignet_bundle.data.label_store import datalist_from_label_maps
 from malignet_bundle.engines.inference import StudyInput
@@ -183,9 +183,8 @@ def train_on_datastore(
     workflow.run()
     best = float(workflow.parser.get_parsed_content("validate#evaluator").state.best_metric)
     workflow.finalize()
-    tmp = served.with_name(f".tmp.{served.name}")
-    shutil.copyfile(work_dir / "models" / "model.pt", tmp)
-    os.replace(tmp, served)  # the server reads the new weights only once they are whole
+    # the server reads the new weights only once they are whole
+    write_atomic(served, lambda tmp: shutil.copyfile(work_dir / "models" / "model.pt", tmp))
     result = {
         "model": str(served),
         "work_dir": str(work_dir),

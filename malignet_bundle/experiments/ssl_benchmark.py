@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from malignet_bundle.data.annotations import write_json_atomic
+from malignet_bundle.atomic_io import write_json_atomic
 from malignet_bundle.data.datalist import load_datalist
 from malignet_bundle.networks.malignet import LESION_ANCHOR_SIZES
 
@@ -759,7 +759,7 @@ def write_report(
     The plots: the two sweeps, the why sweep (when it ran) and ``threshold_curves.png`` (mean F1 against the
     confidence threshold of every full-data row).
     """
-    from malignet_bundle.outputs.evaluation_report import write_text_atomic
+    from malignet_bundle.atomic_io import write_text_atomic
 
     rows = aggregate(results)
     table4 = [r for v in TABLE4_VARIANTS if (r := _find(rows, v, 1.0, 1.0)) is not None]

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from malignet_bundle.atomic_io import write_atomic
 from malignet_bundle.networks.global_features import GLOBAL_KEY, GlobalFeatureEmbedding
 from malignet_bundle.networks.lfpn import LadderFPN
 from malignet_bundle.networks.malignet import MaligNet
@@ -70,9 +70,5 @@ class MaligNetPredictor(nn.Module):
 def export_torchscript(model: MaligNet, path: str | os.PathLike) -> torch.jit.ScriptModule:
     """Script the inference path of ``model`` and save it atomically to ``path``; returns the scripted module."""
     scripted = torch.jit.script(MaligNetPredictor(model).cpu().eval())
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp.{path.name}")
-    scripted.save(str(tmp))
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: scripted.save(str(tmp)))
     return scripted

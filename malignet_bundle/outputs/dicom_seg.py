@@ -45,8 +45,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from malignet_bundle.atomic_io import save_dicom_atomic
 from malignet_bundle.data.class_map import ClassMap, normalise_class_name
-from malignet_bundle.data.nm_dicom import write_dataset_atomic
 from malignet_bundle.outputs.prediction import StudyPrediction, ViewPrediction
 
 __all__ = [
@@ -242,7 +242,7 @@ def write_dicom_segs(
     paths = []
     for view, seg in zip(study.views, build_dicom_segs(study, class_map, algorithm_version), strict=True):
         path = folder / f"seg_{view.view}.dcm"
-        write_dataset_atomic(seg, path)
+        save_dicom_atomic(seg, path)
         paths.append(path)
     return paths
 

@@ -10,15 +10,14 @@ import csv
 import io
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from malignet_bundle.data.annotations import to_json_types, write_json_atomic
+from malignet_bundle.atomic_io import save_figure_atomic, write_json_atomic, write_text_atomic
+from malignet_bundle.data.annotations import to_json_types
 
 __all__ = [
-    "write_text_atomic",
     "write_metrics_json",
     "write_per_image_csv",
     "plot_confusion_matrix",
@@ -27,15 +26,6 @@ __all__ = [
     "markdown_tables",
     "save_figure",
 ]
-
-
-def write_text_atomic(text: str, path: str | os.PathLike) -> None:
-    """Write ``text`` through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp.{path.name}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_per_image_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
@@ -52,14 +42,7 @@ def write_per_image_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLi
 
 def save_figure(fig: Any, path: str | os.PathLike) -> None:
     """Save a matplotlib figure as PNG through a temporary file and an atomic rename, then close it."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp.{path.name}")
-    fig.savefig(tmp, dpi=120, format="png", bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure_atomic(fig, path, dpi=120, bbox_inches="tight")
 
 
 def plot_confusion_matrix(counts: np.ndarray, class_names: Sequence[str], path: str | os.PathLike) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from malignet_bundle.atomic_io import save_nifti_atomic
 from malignet_bundle.outputs.prediction import StudyPrediction
 
 __all__ = ["study_label_map", "write_label_map", "read_label_map", "label_map_instances"]
@@ -53,10 +54,9 @@ def write_label_map(label_map: np.ndarray, spacing_mm: tuple[float, float], path
     if label_map.ndim != 3:
         raise ValueError(f"a study label map is (frames, rows, columns), got shape {label_map.shape}")
     affine = np.diag([float(spacing_mm[1]), float(spacing_mm[0]), 1.0, 1.0])
-    tmp = path.with_name(f".tmp.{path.name}")
-    nib.save(nib.Nifti1Image(np.ascontiguousarray(label_map.transpose(2, 1, 0)).astype(np.uint8), affine), tmp)
-    os.replace(tmp, path)
-    return path
+    return save_nifti_atomic(
+        nib.Nifti1Image(np.ascontiguousarray(label_map.transpose(2, 1, 0)).astype(np.uint8), affine), path
+    )
 
 
 def read_label_map(path: str | os.PathLike, shape: tuple[int, int, int]) -> np.ndarray:

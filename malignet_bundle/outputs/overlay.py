@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from skimage.segmentation import find_boundaries
+
+from malignet_bundle.atomic_io import save_figure_atomic, write_atomic
 
 if TYPE_CHECKING:
     from malignet_bundle.data.class_map import ClassMap
@@ -105,12 +106,7 @@ def save_contact_sheet(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.03, 1, 0.97))
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".tmp.{out_path.name}")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    os.replace(tmp, out_path)
+    save_figure_atomic(fig, out_path, dpi=110)
 
 
 def save_study_overlay(
@@ -150,7 +146,4 @@ def save_study_overlay(
         label = name.replace("_", " ")
         draw.text((x + 14, 21), label, fill="black")
         x += 20 + int(draw.textlength(label))
-    out_path = Path(out_path)
-    tmp = out_path.with_name(f".tmp.{out_path.name}")
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, out_path)
+    write_atomic(out_path, lambda tmp: canvas.save(tmp, format="PNG"))

@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from malignet_bundle.data.annotations import json_rle, to_json_types, write_json_atomic
+from malignet_bundle.atomic_io import write_json_atomic
+from malignet_bundle.data.annotations import json_rle, to_json_types
 from malignet_bundle.data.class_map import ClassMap
 from malignet_bundle.outputs.prediction import StudyPrediction
 
