@@ -145,3 +145,97 @@ def test_reader_error_surfaces_through_load_image(tmp_path):
     bad.write_bytes(b"\x00" * 200)
     with pytest.raises(Exception, match="bad.dcm"):
         LoadImage(reader=NMWholeBodyReader(), image_only=True)(str(bad))
+
+
+def _variant(source, path, mutate) -> None:
+    ds = pydicom.dcmread(source)
+    mutate(ds)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_a_lying_header_is_refused_before_any_pixel_is_read(synthetic_dataset, tmp_path):
+    import tracemalloc
+
+    def lie(ds):  # 1 MiB of pixels under a header claiming one 12000x12000 frame (288 MB decoded)
+        ds.Rows = ds.Columns = 12000
+        ds.NumberOfFrames, ds.DetectorVector = 1, [1]
+
+    path = tmp_path / "lying.dcm"
+    _variant(synthetic_dataset / "studies" / "SYN00001.dcm", path, lie)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DicomInputError, match="12000x12000") as info:
+            read_nm_views(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert str(path) in str(info.value) and "pixel data holds 1048576 bytes" in info.value.reason
+    assert peak < 1 << 20  # neither the claimed frame nor even the file's own pixel data was allocated
+
+
+def test_view_codes_must_name_each_view_once(synthetic_dataset, tmp_path):
+    source = synthetic_dataset / "studies" / "SYN00001.dcm"
+
+    def same_code(ds):
+        ds.DetectorInformationSequence[1].ViewCodeSequence = ds.DetectorInformationSequence[0].ViewCodeSequence
+
+    def contradicting(ds):  # frame 1 coded posterior, frame 2 uncoded: frame order would call frame 1 anterior
+        ds.DetectorInformationSequence[0].ViewCodeSequence = ds.DetectorInformationSequence[1].ViewCodeSequence
+        del ds.DetectorInformationSequence[1].ViewCodeSequence
+
+    def consistent(ds):  # frame 1 coded anterior, frame 2 uncoded: frame order agrees
+        del ds.DetectorInformationSequence[1].ViewCodeSequence
+
+    for name, mutate, reason in (
+        ("same.dcm", same_code, "frames 1 and 2 carry the same view code, anterior"),
+        ("contradicting.dcm", contradicting, "frame 1 carries the posterior view code but the other frame has none"),
+    ):
+        _variant(source, tmp_path / name, mutate)
+        with pytest.raises(DicomInputError, match=reason) as info:
+            read_nm_views(tmp_path / name)
+        assert str(tmp_path / name) in str(info.value)
+    _variant(source, tmp_path / "consistent.dcm", consistent)
+    with pytest.warns(UserWarning, match="by frame order"):
+        assert read_nm_views(tmp_path / "consistent.dcm").views == ["anterior", "posterior"]
+
+
+def test_constant_frames_and_spot_views_are_not_whole_body_views(synthetic_dataset, tmp_path):
+    source = synthetic_dataset / "studies" / "SYN00001.dcm"
+
+    def constant_posterior(ds):
+        pixels = ds.pixel_array.copy()
+        pixels[1] = 7
+        ds.PixelData = pixels.tobytes()
+
+    def spot_view(ds):  # a 256x256 static image: big enough, but square
+        ds.PixelData = np.ascontiguousarray(ds.pixel_array[:, 300:556, :]).tobytes()
+        ds.Rows = 256
+
+    for name, mutate, reason in (
+        ("constant.dcm", constant_posterior, r"frame 2 \(posterior\) is constant \(every pixel 7\)"),
+        ("spot.dcm", spot_view, "256x256 pixels is not a whole-body strip"),
+    ):
+        _variant(source, tmp_path / name, mutate)
+        with pytest.raises(DicomInputError, match=reason) as info:
+            read_nm_views(tmp_path / name)
+        assert str(tmp_path / name) in str(info.value)
+
+
+def test_load_nm_viewd_never_falls_back_to_another_reader(synthetic_dataset, tmp_path):
+    """MONAI's LoadImaged tries its other readers when the NM reader refuses a file; LoadNMViewd does not."""
+    from malignet_bundle.transforms.io import LoadNMViewd
+
+    def three_frames(ds):
+        pixels = ds.pixel_array
+        ds.PixelData = np.concatenate([pixels, pixels[:1]]).tobytes()
+        ds.NumberOfFrames, ds.DetectorVector = 3, [1, 2, 1]
+
+    path = tmp_path / "three.dcm"
+    _variant(synthetic_dataset / "studies" / "SYN00001.dcm", path, three_frames)
+    # the stock transform loads it through a fallback reader, as if it were fine: why LoadNMViewd exists
+    assert LoadImaged("image", reader=NMWholeBodyReader(), image_only=True)({"image": str(path)})["image"].numel()
+    with pytest.raises(DicomInputError, match="3 frames") as info:
+        LoadNMViewd("image")({"image": str(path)})
+    assert str(path) in str(info.value)
+    good = LoadNMViewd("image")({"image": str(synthetic_dataset / "studies" / "SYN00001.dcm")})["image"]
+    assert tuple(good.shape) == (2, 1024, 256) and good.meta["views"] == ["anterior", "posterior"]

@@ -4,6 +4,10 @@ Why not MONAI's ``PydicomReader``: it decodes NM pixels but, NM having no ImageP
 ImageOrientationPatient, it reports 1 mm spacing instead of ``PixelSpacing``; lesion areas in mm² depend
 on the real spacing. It also does not know which frame is which view.
 
+In configs use it through :class:`malignet_bundle.transforms.io.LoadNMViewd`: ``LoadImage(reader=...)``
+falls back to MONAI's other readers when this one refuses a file, and those load what it refused (a CT, a
+3-frame file, a short pixel buffer) without its checks. What it refuses, and why: :mod:`malignet_bundle.data.nm_dicom`.
+
 Output: channel-first array (n_views, rows, cols), row-major like the DICOM pixel matrix (no i/j swap);
 the affine maps (row, col) to mm with the header's PixelSpacing. Meta keys added: ``views``,
 ``view_source``, ``spacing`` and the patient/study identifiers.

@@ -1,8 +1,15 @@
 """Dictionary transforms that bring a datalist item from files to one anterior-oriented view with its lesions.
 
-Order in a config: ``LoadImaged(reader=NMWholeBodyReader)`` → ``LoadAnnotationd`` → ``SelectViewd``.
-Annotations are loaded against the stored pixels and mirrored together with the image, so a posterior
-view's masks, boxes and chest box stay on its lesions.
+Order in a config: ``LoadNMViewd`` → ``LoadAnnotationd`` → ``SelectViewd``. Annotations are loaded against the
+stored pixels and mirrored together with the image, so a posterior view's masks, boxes and chest box stay on
+its lesions.
+
+Why ``LoadNMViewd`` and not ``LoadImaged(reader=NMWholeBodyReader())``: MONAI's ``LoadImage`` registers its
+default readers (ITK, Nibabel, NumPy, Pydicom, PIL) beside the one it is given, and when the given reader
+raises it tries the others. A file the NM reader refuses (a CT, a 3-frame file, a short pixel buffer) was then
+loaded anyway by another reader, and failed later with a misleading reason (an annotation size mismatch) or
+not at all. ``LoadNMViewd`` passes the NM reader as the runtime reader, which ``LoadImage`` calls alone, so its
+:class:`~malignet_bundle.data.nm_dicom.DicomInputError` (file and reason) is what surfaces.
 """
 
 from __future__ import annotations
@@ -15,12 +22,43 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
+from monai.transforms import LoadImaged, MapTransform
 
-from malignet_bundle.data.annotations import load_annotation
+from malignet_bundle.data.annotations import AnnotationError, load_annotation
 from malignet_bundle.data.class_map import ClassMap
+from malignet_bundle.data.reader import NMWholeBodyReader
 
-__all__ = ["LoadAnnotationd", "SelectViewd"]
+__all__ = ["LoadNMViewd", "LoadAnnotationd", "SelectViewd"]
+
+
+class LoadNMViewd(LoadImaged):
+    """Load whole-body NM files with :class:`NMWholeBodyReader` alone: no fallback to MONAI's other readers.
+
+    The image is the (n_views, rows, cols) MetaTensor of the reader; a file it refuses raises its
+    ``DicomInputError`` naming the file and the reason.
+
+    Args:
+        keys: image key(s).
+        reader: the NM reader to use (a default one when None).
+        allow_missing_keys: skip items without the key.
+        kwargs: further ``LoadImaged`` arguments (``dtype``, ``meta_keys``, ...); ``image_only`` is True unless
+            given.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        reader: NMWholeBodyReader | None = None,
+        allow_missing_keys: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        self.nm_reader = reader if reader is not None else NMWholeBodyReader()
+        kwargs.setdefault("image_only", True)
+        super().__init__(keys, reader=self.nm_reader, allow_missing_keys=allow_missing_keys, **kwargs)
+
+    def __call__(self, data: Mapping[Hashable, Any], reader: NMWholeBodyReader | None = None) -> dict[Hashable, Any]:
+        """Load every key of ``data`` with the NM reader (``reader`` overrides it for this call)."""
+        return super().__call__(data, reader if reader is not None else self.nm_reader)
 
 
 class LoadAnnotationd(MapTransform):
@@ -28,6 +66,9 @@ class LoadAnnotationd(MapTransform):
 
     Items without the label key (unlabeled scans) get no annotation keys, unless ``allow_missing_keys`` is
     False, in which case they raise. The chest box of the annotation, when present, goes to ``chest_box_key``.
+    An annotation with findings (an empty mask, a class id absent from its label image) raises
+    ``AnnotationError`` unless ``strict`` is False: training on it would silently lose a lesion the annotator
+    meant to mark, and the data check reports the same finding as an error.
 
     Args:
         keys: the label key (one).
@@ -37,6 +78,7 @@ class LoadAnnotationd(MapTransform):
         dataset_dir: prefix for relative annotation paths.
         chest_box_key: output key of the chest box (x0, y0, x1, y1).
         allow_missing_keys: skip items without a label.
+        strict: raise on the annotation's findings instead of dropping the instances concerned.
     """
 
     def __init__(
@@ -48,8 +90,10 @@ class LoadAnnotationd(MapTransform):
         dataset_dir: str | None = None,
         chest_box_key: str = "chest_box",
         allow_missing_keys: bool = True,
+        strict: bool = True,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.strict = strict
         self.class_map = class_map if isinstance(class_map, ClassMap) else ClassMap(class_map)
         self.image_key, self.view_key = image_key, view_key
         self.dataset_dir = Path(dataset_dir) if dataset_dir else None
@@ -68,6 +112,8 @@ class LoadAnnotationd(MapTransform):
             ann = load_annotation(
                 path, shape, view=d.get(self.view_key), image_file=image_file, class_map=self.class_map
             )
+            if self.strict and ann.problems:
+                raise AnnotationError(path, "; ".join(ann.problems))
             d["masks"] = torch.from_numpy(ann.masks.astype(np.uint8))
             d["labels"] = torch.from_numpy(ann.labels(self.class_map))
             d["boxes"] = torch.from_numpy(ann.boxes())
