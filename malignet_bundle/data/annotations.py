@@ -128,15 +128,17 @@ def to_coco_image(
     annotations = []
     for k, (m, name) in enumerate(zip(masks, class_names, strict=True)):
         rle = json_rle(m)
-        annotations.append({
-            "id": first_annotation_id + k,
-            "image_id": image_id,
-            "category_id": class_map.label(name),
-            "segmentation": rle,
-            "area": int(mask_utils.area(rle)),
-            "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-            "iscrowd": 0,
-        })
+        annotations.append(
+            {
+                "id": first_annotation_id + k,
+                "image_id": image_id,
+                "category_id": class_map.label(name),
+                "segmentation": rle,
+                "area": int(mask_utils.area(rle)),
+                "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                "iscrowd": 0,
+            }
+        )
     return image, annotations
 
 
@@ -152,10 +154,16 @@ def to_labelme(image_path: str, shape: tuple[int, int], masks: np.ndarray, class
     for k, (m, name) in enumerate(zip(masks, class_names, strict=True)):
         for poly in mask_to_polygons(m):
             points = [[poly[i], poly[i + 1]] for i in range(0, len(poly), 2)]
-            shapes.append({"label": name, "points": points, "group_id": k + 1, "shape_type": "polygon",
-                           "flags": {}})
-    return {"version": "5.4.1", "flags": {}, "shapes": shapes, "imagePath": image_path, "imageData": None,
-            "imageHeight": int(shape[0]), "imageWidth": int(shape[1])}
+            shapes.append({"label": name, "points": points, "group_id": k + 1, "shape_type": "polygon", "flags": {}})
+    return {
+        "version": "5.4.1",
+        "flags": {},
+        "shapes": shapes,
+        "imagePath": image_path,
+        "imageData": None,
+        "imageHeight": int(shape[0]),
+        "imageWidth": int(shape[1]),
+    }
 
 
 def write_instance_label_image(
@@ -201,17 +209,90 @@ def _read_json(path: Path) -> Any:
         raise AnnotationError(path, f"not valid JSON ({e})") from e
 
 
+def _coordinates(path: Path, values: Any, what: str) -> np.ndarray:
+    """``values`` as a flat float array, refusing non-numbers and NaN/infinite values.
+
+    pycocotools is C code that trusts its input: a NaN or infinite coordinate made it allocate without bound
+    (the process was killed) or crash, so nothing reaches it unchecked.
+    """
+    try:
+        array = np.asarray(values, dtype=np.float64).ravel()
+    except (TypeError, ValueError) as e:
+        raise AnnotationError(path, f"{what}: coordinates are not numbers ({e})") from e
+    bad = ~np.isfinite(array)
+    if bad.any():
+        raise AnnotationError(path, f"{what}: {int(bad.sum())} missing (null), NaN or infinite coordinate(s)")
+    return array
+
+
+def _image_size(path: Path, doc: Mapping, keys: tuple[str, str], shape: tuple[int, int]) -> tuple[int, int]:
+    h, w = (doc.get(k, default) for k, default in zip(keys, shape, strict=True))
+    try:
+        size = int(h), int(w)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise AnnotationError(path, f"image size {keys[1]}={w!r} {keys[0]}={h!r} is not a pair of integers") from e
+    if size != tuple(shape):
+        raise AnnotationError(
+            path, f"annotation size {size[1]}x{size[0]} does not match the image size {shape[1]}x{shape[0]}"
+        )
+    return size
+
+
+def _check_chest_box(path: Path, box: tuple[float, ...], shape: tuple[int, int], what: str) -> tuple[float, ...]:
+    # A box that reaches past the image edge is common (a rectangle dragged beyond it) and the crop clips it;
+    # a NaN, empty or wholly outside box would give an empty or undefined crop.
+    x0, y0, x1, y1 = (float(v) for v in _coordinates(path, box, what))
+    h, w = shape
+    if not (x0 < x1 and y0 < y1 and x1 > 0 and y1 > 0 and x0 < w and y0 < h):
+        raise AnnotationError(
+            path, f"{what} ({x0:.1f}, {y0:.1f}, {x1:.1f}, {y1:.1f}) is empty or outside the {w}x{h} image"
+        )
+    return x0, y0, x1, y1
+
+
 def _polygons_to_mask(path: Path, polygons: list[list[float]], shape: tuple[int, int], what: str) -> np.ndarray:
     h, w = shape
+    if not isinstance(polygons, list) or not all(isinstance(p, (list, tuple)) for p in polygons):
+        raise AnnotationError(path, f"{what}: polygons must be lists of x, y numbers")
+    checked = []
     for poly in polygons:
-        xs, ys = np.asarray(poly[0::2]), np.asarray(poly[1::2])
+        coords = _coordinates(path, poly, what)
+        if len(coords) % 2:
+            raise AnnotationError(path, f"{what}: polygon with an odd number of coordinates ({len(coords)})")
+        xs, ys = coords[0::2], coords[1::2]
         if len(xs) < 3:
             raise AnnotationError(path, f"{what}: polygon with fewer than 3 points")
         if xs.min() < -0.5 or ys.min() < -0.5 or xs.max() > w + 0.5 or ys.max() > h + 0.5:
-            raise AnnotationError(path, f"{what}: polygon outside the {w}x{h} image "
-                                        f"(x {xs.min():.1f}..{xs.max():.1f}, y {ys.min():.1f}..{ys.max():.1f})")
-    rles = mask_utils.frPyObjects(polygons, h, w)
+            raise AnnotationError(
+                path,
+                f"{what}: polygon outside the {w}x{h} image "
+                f"(x {xs.min():.1f}..{xs.max():.1f}, y {ys.min():.1f}..{ys.max():.1f})",
+            )
+        checked.append(coords.tolist())
+    rles = mask_utils.frPyObjects(checked, h, w)
     return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+
+
+def _rle_to_mask(path: Path, seg: dict, shape: tuple[int, int], what: str) -> np.ndarray:
+    h, w = shape
+    if list(seg.get("size", [])) != [h, w]:
+        raise AnnotationError(path, f"{what}: RLE size {seg.get('size')} does not match {h}x{w}")
+    counts = seg.get("counts")
+    if isinstance(counts, list):
+        # uncompressed RLE: run lengths, which must be whole, non-negative and cover the image exactly
+        runs = _coordinates(path, counts, what)
+        if (runs < 0).any() or (runs != np.round(runs)).any() or runs.sum() != h * w:
+            raise AnnotationError(path, f"{what}: RLE counts must be non-negative integers summing to {h}x{w}={h * w}")
+        rle = mask_utils.frPyObjects({"size": [h, w], "counts": [int(r) for r in runs]}, h, w)
+    elif isinstance(counts, (str, bytes)):
+        rle = {"size": [h, w], "counts": counts}
+    else:
+        raise AnnotationError(path, f"{what}: RLE counts must be a list or a string, got {type(counts).__name__}")
+    try:
+        mask = mask_utils.decode(rle)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise AnnotationError(path, f"{what}: RLE cannot be decoded ({e})") from e
+    return mask.astype(bool)
 
 
 def _load_coco(path: Path, shape: tuple[int, int], view: str | None, image_file: str | None) -> ViewAnnotation:
@@ -226,9 +307,7 @@ def _load_coco(path: Path, shape: tuple[int, int], view: str | None, image_file:
     if len(images) != 1:
         raise AnnotationError(path, f"{len(images)} COCO images match view={view!r} file={image_file!r}; need 1")
     image = images[0]
-    h, w = int(image.get("height", shape[0])), int(image.get("width", shape[1]))
-    if (h, w) != tuple(shape):
-        raise AnnotationError(path, f"annotation size {w}x{h} does not match the image size {shape[1]}x{shape[0]}")
+    h, w = _image_size(path, image, ("height", "width"), shape)
     categories = {c["id"]: c["name"] for c in doc.get("categories", [])}
     masks, names, problems = [], [], []
     for ann in (a for a in doc["annotations"] if a["image_id"] == image["id"]):
@@ -237,38 +316,38 @@ def _load_coco(path: Path, shape: tuple[int, int], view: str | None, image_file:
             raise AnnotationError(path, f"{what}: category_id {ann.get('category_id')} not in 'categories'")
         seg = ann.get("segmentation")
         if isinstance(seg, dict):
-            if list(seg.get("size", [])) != [h, w]:
-                raise AnnotationError(path, f"{what}: RLE size {seg.get('size')} does not match {h}x{w}")
-            rle = dict(seg)
-            if isinstance(rle["counts"], list):
-                rle = mask_utils.frPyObjects(rle, h, w)
-            mask = mask_utils.decode(rle).astype(bool)
+            mask = _rle_to_mask(path, seg, (h, w), what)
         elif isinstance(seg, list) and seg:
             mask = _polygons_to_mask(path, seg, (h, w), what)
         else:
             raise AnnotationError(path, f"{what}: no segmentation")
         if not mask.any():
-            problems.append(f"{what}: empty mask, ignored")
+            problems.append(f"{what}: empty mask (covers no pixel)")
             continue
         masks.append(mask)
         names.append(categories[ann["category_id"]])
     chest = image.get("chest_bbox")
-    chest_box = (chest[0], chest[1], chest[0] + chest[2], chest[1] + chest[3]) if chest else None
+    chest_box = None
+    if chest:
+        x, y, bw, bh = _coordinates(path, chest, "chest_bbox")
+        chest_box = _check_chest_box(path, (x, y, x + bw, y + bh), (h, w), "chest_bbox")
     return ViewAnnotation(_stack(masks, shape), names, chest_box, problems)
 
 
 def _load_labelme(path: Path, shape: tuple[int, int]) -> ViewAnnotation:
     doc = _read_json(path)
-    h, w = int(doc.get("imageHeight", shape[0])), int(doc.get("imageWidth", shape[1]))
-    if (h, w) != tuple(shape):
-        raise AnnotationError(path, f"annotation size {w}x{h} does not match the image size {shape[1]}x{shape[0]}")
+    h, w = _image_size(path, doc, ("imageHeight", "imageWidth"), shape)
     groups: dict[Any, tuple[str, list]] = {}
     chest_box = None
     for k, s in enumerate(doc.get("shapes", [])):
         points = s.get("points", [])
         if s.get("label", "").lower() == "chest" and s.get("shape_type") == "rectangle":
-            (x0, y0), (x1, y1) = points
-            chest_box = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+            coords = _coordinates(path, points, f"shape {k} (chest rectangle)")
+            if len(coords) != 4:
+                raise AnnotationError(path, f"shape {k}: a chest rectangle has 2 points, got {len(coords) / 2:g}")
+            x0, y0, x1, y1 = coords
+            box = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+            chest_box = _check_chest_box(path, box, (h, w), f"shape {k} (chest rectangle)")
             continue
         if s.get("shape_type", "polygon") != "polygon":
             raise AnnotationError(path, f"shape {k}: shape_type {s.get('shape_type')!r} unsupported (use polygon)")
@@ -276,12 +355,14 @@ def _load_labelme(path: Path, shape: tuple[int, int]) -> ViewAnnotation:
         name, polys = groups.setdefault(key, (s.get("label", ""), []))
         if name != s.get("label", ""):
             raise AnnotationError(path, f"shape {k}: group {key} mixes labels {name!r} and {s.get('label')!r}")
-        polys.append([float(v) for p in points for v in p])
+        if not isinstance(points, list) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in points):
+            raise AnnotationError(path, f"shape {k}: points must be [x, y] pairs")
+        polys.append(_coordinates(path, points, f"shape {k}").tolist())
     masks, names, problems = [], [], []
     for key, (name, polys) in groups.items():
         mask = _polygons_to_mask(path, polys, (h, w), f"shape group {key}")
         if not mask.any():
-            problems.append(f"shape group {key}: empty mask, ignored")
+            problems.append(f"shape group {key}: empty mask (covers no pixel)")
             continue
         masks.append(mask)
         names.append(name)
@@ -305,8 +386,10 @@ def _load_instance_image(path: Path, shape: tuple[int, int]) -> ViewAnnotation:
         if label.ndim != 2:
             raise AnnotationError(path, f"instance-label image must be single-channel, has shape {label.shape}")
     if label.shape != tuple(shape):
-        raise AnnotationError(path, f"annotation size {label.shape[1]}x{label.shape[0]} does not match the image "
-                                    f"size {shape[1]}x{shape[0]}")
+        raise AnnotationError(
+            path,
+            f"annotation size {label.shape[1]}x{label.shape[0]} does not match the image size {shape[1]}x{shape[0]}",
+        )
     sidecar = _sidecar(path)
     if not sidecar.is_file():
         raise AnnotationError(path, f"no class sidecar {sidecar.name} naming the class of each instance id")
@@ -315,8 +398,11 @@ def _load_instance_image(path: Path, shape: tuple[int, int]) -> ViewAnnotation:
     missing = [i for i in ids if str(i) not in classes]
     if missing:
         raise AnnotationError(path, f"instance ids {missing} have no class in {sidecar.name}")
-    problems = [f"instance {i}: listed in {sidecar.name} but absent from the image (empty mask)"
-                for i in map(int, classes) if i not in ids]
+    problems = [
+        f"instance {i}: listed in {sidecar.name} but absent from the image (empty mask)"
+        for i in map(int, classes)
+        if i not in ids
+    ]
     masks = [label == i for i in ids]
     return ViewAnnotation(_stack(masks, shape), [classes[str(i)] for i in ids], None, problems)
 
@@ -343,24 +429,31 @@ def load_annotation(
         class_map: when given, every class name must be in it.
 
     Raises:
-        AnnotationError: missing file, unknown format, size mismatch, polygon outside the image,
-            unknown class name, or a malformed document.
+        AnnotationError: missing file, unknown format, size mismatch, polygon outside the image, NaN or
+            infinite coordinates, an RLE that does not cover the image, a chest box that is empty or outside
+            the image, unknown class name, or a malformed document.
     """
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(path, "file not found")
-    if path.suffix == ".json" and not path.name.endswith(".classes.json"):
-        doc = _read_json(path)
-        if isinstance(doc, dict) and "images" in doc:
-            result = _load_coco(path, shape, view, image_file)
-        elif isinstance(doc, dict) and "shapes" in doc:
-            result = _load_labelme(path, shape)
+    try:
+        if path.suffix == ".json" and not path.name.endswith(".classes.json"):
+            doc = _read_json(path)
+            if isinstance(doc, dict) and "images" in doc:
+                result = _load_coco(path, shape, view, image_file)
+            elif isinstance(doc, dict) and "shapes" in doc:
+                result = _load_labelme(path, shape)
+            else:
+                raise AnnotationError(path, "JSON is neither COCO (images/annotations) nor LabelMe (shapes)")
+        elif path.name.endswith((".png", ".nii", ".nii.gz")):
+            result = _load_instance_image(path, shape)
         else:
-            raise AnnotationError(path, "JSON is neither COCO (images/annotations) nor LabelMe (shapes)")
-    elif path.name.endswith((".png", ".nii", ".nii.gz")):
-        result = _load_instance_image(path, shape)
-    else:
-        raise AnnotationError(path, "unsupported annotation format (COCO/LabelMe .json, .png, .nii, .nii.gz)")
+            raise AnnotationError(path, "unsupported annotation format (COCO/LabelMe .json, .png, .nii, .nii.gz)")
+    except AnnotationError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+        # a document of the right kind but the wrong structure (a missing key, a string where a list belongs)
+        raise AnnotationError(path, f"malformed annotation document ({type(e).__name__}: {e})") from e
     if class_map is not None:
         unknown = sorted({n for n in result.class_names if n not in class_map})
         if unknown:
