@@ -6,9 +6,12 @@ import shutil
 
 import numpy as np
 import pydicom
+import pytest
 
 from malignet_bundle.atomic_io import write_json_atomic
 from malignet_bundle.data.annotations import to_labelme
+from malignet_bundle.data.check import checked_datalist
+from malignet_bundle.data.datalist import DatalistError, load_datalist
 
 from .conftest import run_script
 
@@ -134,3 +137,29 @@ def test_contact_sheet_script(synthetic_dataset, tmp_path):
     assert rgb.shape[0] > 500
     # the chest box colour is drawn
     assert ((rgb[..., 0] == 128) & (rgb[..., 1] == 0) & (rgb[..., 2] == 128)).sum() > 50
+
+
+def test_checked_datalist_for_training_lets_unreadable_unlabeled_scans_pass_as_warnings(
+    synthetic_dataset, tmp_path, class_map, caplog
+):
+    """Training skips an unreadable unlabeled scan (drop_unreadable), so its header check only warns about it."""
+    clean = checked_datalist(synthetic_dataset / "datalist.json", synthetic_dataset, class_map)
+    assert clean == load_datalist(synthetic_dataset / "datalist.json")
+    ds_dir = tmp_path / "data"
+    shutil.copytree(synthetic_dataset, ds_dir)
+    (ds_dir / "studies" / "corrupt.dcm").write_bytes(b"\x00not dicom" * 64)
+    datalist = json.loads((ds_dir / "datalist.json").read_text())
+    datalist["unlabeled"].append({"image": "studies/corrupt.dcm", "view": "anterior", "patient_id": "BROKEN"})
+    write_json_atomic(datalist, ds_dir / "datalist.json")
+    with caplog.at_level("WARNING"):
+        kept = checked_datalist(ds_dir / "datalist.json", ds_dir, class_map)
+    assert kept["unlabeled"][-1]["patient_id"] == "BROKEN"
+    assert "corrupt.dcm: not a readable DICOM file" in caplog.text
+    # the same file among the labeled scans is an error, and the message names it with its reason
+    datalist["labeled"].append({**datalist["unlabeled"].pop(), "label": "labels/SYN00001.json"})
+    write_json_atomic(datalist, ds_dir / "datalist.json")
+    before = _digest(ds_dir)
+    with pytest.raises(DatalistError, match=r"corrupt\.dcm: not a readable DICOM file") as info:
+        checked_datalist(ds_dir / "datalist.json", ds_dir, class_map)
+    assert [p for p, _ in info.value.problems] == [str(ds_dir / "studies" / "corrupt.dcm")]
+    assert _digest(ds_dir) == before

@@ -1,18 +1,28 @@
-"""Dataset check: every problem of a datalist and its files in one pass, one line each, inputs untouched."""
+"""Dataset check: every problem of a datalist and its files in one pass, one line each, inputs untouched.
+
+The same check guards training: :func:`checked_datalist` runs it at header level (no pixel decoded) and
+refuses to return a datalist with errors, so a training stops before its first step with every unusable
+file named, not at the first one its data loader meets.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from malignet_bundle.atomic_io import sha256_file
 from malignet_bundle.data.annotations import AnnotationError, load_annotation
 from malignet_bundle.data.class_map import ClassMap
-from malignet_bundle.data.datalist import SPLITS, load_datalist
-from malignet_bundle.data.nm_dicom import DicomInputError, NMViews, read_nm_views
+from malignet_bundle.data.datalist import SPLITS, DatalistError, load_datalist
+from malignet_bundle.data.nm_dicom import DicomInputError, read_nm_header, read_nm_views
 
-__all__ = ["Problem", "CheckReport", "check_dataset"]
+__all__ = ["Problem", "CheckReport", "check_dataset", "checked_datalist", "duplicate_problems"]
+
+logger = logging.getLogger(__name__)
 
 ANNOTATED_SPLITS = ("labeled", "validation", "test")
 
@@ -42,18 +52,131 @@ class CheckReport:
         """True when there is no error (warnings allowed)."""
         return not any(p.severity == "error" for p in self.problems)
 
+    @property
+    def errors(self) -> list[Problem]:
+        """The findings of severity "error"."""
+        return [p for p in self.problems if p.severity == "error"]
+
     def add(self, severity: str, path: str | os.PathLike, reason: str) -> None:
         """Record a finding."""
         self.problems.append(Problem(severity, str(path), reason))
 
 
-def check_dataset(datalist_path: str | os.PathLike, dataset_dir: str | os.PathLike, class_map: ClassMap) -> CheckReport:
+@dataclass
+class _Image:
+    """What the check keeps of one image file: its views, frame size and the keys that identify it."""
+
+    views: list[str]
+    view_source: str
+    shape: tuple[int, int]
+    identities: dict[str, str]
+
+
+def _read_image(path: Path, decode_pixels: bool) -> _Image:
+    """Read one image (header only, or decoded), with its identities; raises ``DicomInputError``."""
+    identities = {"file content (sha256)": sha256_file(path)} if path.is_file() else {}
+    if decode_pixels:
+        nm = read_nm_views(path)
+        ds, views, source, shape = nm.dataset, nm.views, nm.view_source, tuple(nm.frames.shape[1:])
+        # re-encoded or re-anonymised copies differ in bytes but not in pixels
+        identities["pixel data"] = hashlib.sha256(nm.frames.tobytes()).hexdigest()
+    else:
+        header = read_nm_header(path)
+        ds, views, source, shape = header.dataset, header.views, header.view_source, (header.rows, header.columns)
+    if ds.get("SOPInstanceUID"):
+        identities["SOPInstanceUID"] = str(ds.SOPInstanceUID)
+    return _Image(views, source, shape, identities)
+
+
+def duplicate_problems(entries: list[dict]) -> list[tuple[str, str]]:
+    """Files listed more than once where that makes the datalist wrong, as (file, reason) pairs.
+
+    Entries are ``{"split", "image", "view", "patient_id", "identities": {kind: value}}``. Entries that share
+    the image path or any identity (content hash, SOPInstanceUID, pixel hash) are one image. One image is
+    wrong under several paths (a copy), in several splits (a test image seen in training), under several
+    patient ids (the patient-level split cannot hold), or twice for one view of one split (trained on twice).
+    A multi-frame file listed once per view, in one split, under one patient, is fine.
+    """
+    parent = list(range(len(entries)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[tuple[str, str], int] = {}
+    for i, entry in enumerate(entries):
+        keys = [("path", str(entry["image"]))] + [(k, v) for k, v in entry.get("identities", {}).items()]
+        for key in keys:
+            if key in owner:
+                parent[find(i)] = find(owner[key])
+            else:
+                owner[key] = i
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i in range(len(entries)):
+        groups[find(i)].append(i)
+
+    problems = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        group = [entries[i] for i in members]
+        paths = list(dict.fromkeys(str(e["image"]) for e in group))
+        reasons = []
+        if len(paths) > 1:
+            first = {k: v for e in group if str(e["image"]) == paths[0] for k, v in e.get("identities", {}).items()}
+            shared = sorted(
+                {
+                    k
+                    for e in group
+                    if str(e["image"]) != paths[0]
+                    for k, v in e.get("identities", {}).items()
+                    if first.get(k) == v
+                }
+            )
+            reasons.append(f"the same image as {', '.join(paths[1:])} (identical {' and '.join(shared) or 'path'})")
+        splits = list(dict.fromkeys(e["split"] for e in group))
+        if len(splits) > 1:
+            reasons.append(f"listed in several splits {splits}")
+        patients = list(dict.fromkeys(str(e["patient_id"]) for e in group if e.get("patient_id") is not None))
+        if len(patients) > 1:
+            reasons.append(f"listed under several patient ids {patients}")
+        seen: dict[tuple[str, str | None], int] = defaultdict(int)
+        for e in group:
+            seen[(e["split"], e.get("view"))] += 1
+        repeated = [f"{n} times for view {view!r} in '{split}'" for (split, view), n in seen.items() if n > 1]
+        if repeated:
+            reasons.append("listed " + ", ".join(repeated))
+        if reasons:
+            problems.append((paths[0], "duplicate image: " + "; ".join(reasons)))
+    return problems
+
+
+def check_dataset(
+    datalist_path: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    class_map: ClassMap,
+    decode_pixels: bool = True,
+    unlabeled_unreadable: str = "error",
+) -> CheckReport:
     """Check a datalist and every file it names.
 
-    Reports missing, unreadable or non-NM DICOM, views not in the file, missing or malformed annotations,
-    annotation/image size mismatches, unknown class names, polygons outside the image, empty masks,
-    annotated splits without labels, an empty labeled split, and patients in more than one split.
-    Files are opened read-only; nothing is written.
+    Reports missing, unreadable or non-NM DICOM and every reason :mod:`malignet_bundle.data.nm_dicom`
+    refuses a file for (colour, bit depth, frame count, implausible size, short pixel data, constant frames,
+    repeated view codes), views not in the file, missing or malformed annotations, annotation/image size
+    mismatches, unknown class names, polygons outside the image or with NaN/infinite coordinates, empty
+    masks, annotated splits without labels, an empty labeled split, patients in more than one split, and
+    duplicate images (by path, content hash, SOPInstanceUID, and pixel hash when decoding). Files are opened
+    read-only; nothing is written.
+
+    Args:
+        datalist_path: the datalist JSON.
+        dataset_dir: the folder its paths are relative to.
+        class_map: the bundle's class names.
+        decode_pixels: decode every image (constant frames, pixel hash); False checks headers only.
+        unlabeled_unreadable: severity of an unreadable unlabeled image: "error" for the data check,
+            "warning" where training skips such scans (:func:`~malignet_bundle.data.datalist.drop_unreadable`).
     """
     report = CheckReport()
     try:
@@ -62,9 +185,10 @@ def check_dataset(datalist_path: str | os.PathLike, dataset_dir: str | os.PathLi
         report.add("error", datalist_path, str(e).split(": ", 1)[-1])
         return report
     dataset_dir = Path(dataset_dir)
-    images: dict[Path, NMViews | None] = {}
+    images: dict[Path, _Image | None] = {}
     patients: dict[str, set[str]] = defaultdict(set)
     lesions: dict[str, int] = defaultdict(int)
+    entries: list[dict] = []
     if not datalist["labeled"]:
         report.add("error", datalist_path, "the 'labeled' split is empty; training needs annotated scans")
 
@@ -80,13 +204,29 @@ def check_dataset(datalist_path: str | os.PathLike, dataset_dir: str | os.PathLi
             else:
                 patients[str(item["patient_id"])].add(split)
             image_path = dataset_dir / item["image"]
+            severity = unlabeled_unreadable if split == "unlabeled" else "error"
             if image_path not in images:
                 try:
-                    images[image_path] = read_nm_views(image_path)
+                    images[image_path] = _read_image(image_path, decode_pixels)
                 except DicomInputError as e:
                     images[image_path] = None
-                    report.add("error", image_path, e.reason)
+                    report.add(severity, image_path, e.reason)
+                except Exception as e:  # a reader bug must not hide the other files' problems
+                    images[image_path] = None
+                    report.add(severity, image_path, f"cannot be read ({type(e).__name__}: {e})")
             nm = images[image_path]
+            identities = nm.identities if nm is not None else {}
+            if nm is None and image_path.is_file():
+                identities = {"file content (sha256)": sha256_file(image_path)}
+            entries.append(
+                {
+                    "split": split,
+                    "image": image_path,
+                    "view": item.get("view"),
+                    "patient_id": item.get("patient_id"),
+                    "identities": identities,
+                }
+            )
             if nm is None:
                 continue
             view = item.get("view")
@@ -100,19 +240,44 @@ def check_dataset(datalist_path: str | os.PathLike, dataset_dir: str | os.PathLi
                     report.add("error", where, f"'{split}' item has no 'label'")
                 continue
             label_path = dataset_dir / item["label"]
-            shape = tuple(nm.frames.shape[1:])
             try:
-                ann = load_annotation(label_path, shape, view=view, image_file=item["image"], class_map=class_map)
+                ann = load_annotation(label_path, nm.shape, view=view, image_file=item["image"], class_map=class_map)
             except AnnotationError as e:
                 report.add("error", label_path, e.reason)
+                continue
+            except Exception as e:  # as above: name the file, go on with the others
+                report.add("error", label_path, f"cannot be read ({type(e).__name__}: {e})")
                 continue
             for problem in ann.problems:
                 report.add("error", label_path, problem)
             for name in ann.class_names:
                 lesions[class_map.name(class_map.label(name))] += 1
 
+    for path, reason in duplicate_problems(entries):
+        report.add("error", path, reason)
     for pid, splits in sorted(patients.items()):
         if len(splits) > 1:
             report.add("error", datalist_path, f"patient {pid} appears in several splits: {sorted(splits)}")
     report.lesions = dict(lesions)
     return report
+
+
+def checked_datalist(
+    datalist_path: str | os.PathLike, dataset_dir: str | os.PathLike, class_map: ClassMap
+) -> dict[str, list[dict]]:
+    """The datalist, once :func:`check_dataset` finds no error in it at header level (no pixel decoded).
+
+    For the training config: every unusable file is named before the first step, all at once. Unreadable
+    unlabeled scans are logged, not errors: training skips them. Pixel-level refusals (a constant frame) come
+    from the NM reader when the dataset is cached.
+
+    Raises:
+        DatalistError: with one ``file: reason`` line per error.
+    """
+    report = check_dataset(datalist_path, dataset_dir, class_map, decode_pixels=False, unlabeled_unreadable="warning")
+    for problem in report.problems:
+        if problem.severity != "error":
+            logger.warning("%s: %s", problem.path, problem.reason)
+    if not report.ok:
+        raise DatalistError(datalist_path, [(p.path, p.reason) for p in report.errors])
+    return load_datalist(datalist_path)

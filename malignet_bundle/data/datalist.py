@@ -9,10 +9,27 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SPLITS", "load_datalist", "resolve_items", "drop_unreadable"]
+__all__ = ["SPLITS", "DatalistError", "load_datalist", "resolve_items", "drop_unreadable"]
 
 SPLITS = ("labeled", "unlabeled", "validation", "test")
 PATH_KEYS = ("image", "label")
+
+
+class DatalistError(ValueError):
+    """A datalist with unusable items; ``problems`` holds (file, reason) pairs, the message one line each.
+
+    Args:
+        path: the datalist.
+        problems: (file, reason) of every unusable item.
+    """
+
+    def __init__(self, path: str | os.PathLike, problems: list[tuple[str, str]]) -> None:
+        self.path = str(path)
+        self.problems = list(problems)
+        lines = "\n".join(f"  {file}: {reason}" for file, reason in self.problems)
+        super().__init__(
+            f"{path}: {len(self.problems)} problem(s) in the dataset (scripts/check_data.py lists them too):\n{lines}"
+        )
 
 
 def load_datalist(path: str | os.PathLike) -> dict[str, list[dict]]:
@@ -58,7 +75,9 @@ def resolve_items(
 def drop_unreadable(items: list[dict]) -> list[dict]:
     """Items whose image reads as whole-body NM; each one dropped is logged with the file and the reason.
 
-    For unlabeled scans, where one corrupt file among thousands should cost that file, not the run.
+    For unlabeled scans, where one corrupt file among thousands should cost that file, not the run. Every
+    refusal of :func:`~malignet_bundle.data.nm_dicom.read_nm_views` counts (colour, bit depth, frame count,
+    size, short pixel data, constant frames, repeated view codes), so the pixels are decoded here.
     """
     from malignet_bundle.data.nm_dicom import DicomInputError, read_nm_views
 
