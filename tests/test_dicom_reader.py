@@ -239,3 +239,17 @@ def test_load_nm_viewd_never_falls_back_to_another_reader(synthetic_dataset, tmp
     assert str(path) in str(info.value)
     good = LoadNMViewd("image")({"image": str(synthetic_dataset / "studies" / "SYN00001.dcm")})["image"]
     assert tuple(good.shape) == (2, 1024, 256) and good.meta["views"] == ["anterior", "posterior"]
+
+
+def test_deflated_file_reads_back_exactly(synthetic_dataset, tmp_path):
+    """The header is read with deferred pixel data; a deflated file must not be re-read at inflated offsets."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    src = synthetic_dataset / "studies" / "SYN00001.dcm"
+    ds = pydicom.dcmread(src)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
+    assert (tmp_path / "deflated.dcm").stat().st_size < src.stat().st_size  # really deflated
+    copy, original = read_nm_views(tmp_path / "deflated.dcm"), read_nm_views(src)
+    np.testing.assert_array_equal(copy.frames, original.frames)
+    assert copy.views == original.views

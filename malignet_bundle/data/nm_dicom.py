@@ -52,6 +52,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLosslessSV1,
@@ -350,6 +351,10 @@ def read_nm_header(path: str | os.PathLike) -> NMHeader:
         # Deferred pixel data: the header's claims are checked against the element's length before a byte
         # of pixel data is read or decoded.
         ds = pydicom.dcmread(path, defer_size="64 KB")
+        if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+            # a deferred element would be re-read at its offset in the inflated stream from the deflated
+            # file; the whole dataset is inflated in memory anyway, so read it at once
+            ds = pydicom.dcmread(path)
     except Exception as e:  # pydicom raises many types for non-DICOM input
         raise DicomInputError(path, f"not a readable DICOM file ({type(e).__name__}: {e})") from e
     modality = str(ds.get("Modality", ""))
