@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from malignet_bundle.data.annotations import load_annotation
 from malignet_bundle.data.datalist import load_datalist
-from malignet_bundle.data.label_store import datalist_from_label_maps
+from malignet_bundle.data.label_store import check_study_id, datalist_from_label_maps
 from malignet_bundle.data.nm_dicom import read_nm_views
 from malignet_bundle.outputs.label_map import label_map_instances, read_label_map, study_label_map, write_label_map
 from malignet_bundle.outputs.prediction import StudyPrediction, ViewPrediction
@@ -122,3 +123,48 @@ def test_datalist_from_label_maps_round_trips_the_annotations(synthetic_dataset,
         assert np.array_equal(painted, expected[study][index])
     with pytest.raises(ValueError, match="no annotated study"):
         datalist_from_label_maps([], [], tmp_path / "empty", class_map)
+
+
+# ids that would name a file outside the work folder, or no plain file at all
+UNSAFE_IDS = [
+    "../x",
+    "../../etc/passwd",
+    "a/b",
+    "..",
+    ".",
+    "/etc/passwd",
+    "a\\b",
+    "..\\x",
+    ".hidden",
+    "C:x",
+    "a\x00b",
+    "",
+]
+
+
+@pytest.mark.parametrize("study_id", UNSAFE_IDS)
+def test_label_store_refuses_unsafe_study_ids_before_writing(synthetic_dataset, class_map, tmp_path, study_id):
+    datalist = load_datalist(synthetic_dataset / "datalist.json")
+    item = datalist["labeled"][0]
+    image = str(synthetic_dataset / item["image"])
+    nm = read_nm_views(image)
+    label = write_label_map(np.zeros((len(nm.frames), *nm.frames[0].shape), np.uint8), (2.0, 2.0), tmp_path / "m.nii")
+    work = tmp_path / "box" / "work"
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match="study id"):
+        datalist_from_label_maps([(study_id, image, label)], [], work, class_map)
+    with pytest.raises(ValueError, match="study id"):  # an unlabeled study's id is checked as well
+        datalist_from_label_maps([("S0", image, label)], [(study_id, image)], work, class_map)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written anywhere
+
+
+def test_label_store_accepts_plain_ids_and_writes_only_in_its_work_folder(synthetic_dataset, class_map, tmp_path):
+    datalist = load_datalist(synthetic_dataset / "datalist.json")
+    image = str(synthetic_dataset / datalist["labeled"][0]["image"])
+    nm = read_nm_views(image)
+    label = write_label_map(np.zeros((len(nm.frames), *nm.frames[0].shape), np.uint8), (2.0, 2.0), tmp_path / "m.nii")
+    assert check_study_id("P 0001.a-b_c") == "P 0001.a-b_c"
+    out = datalist_from_label_maps([("P 0001.a-b_c", image, label)], [], tmp_path / "work", class_map)
+    written = {p.relative_to(tmp_path).as_posix() for p in (tmp_path / "work").rglob("*") if p.is_file()}
+    assert {f"work/labels/P 0001.a-b_c_{view}.nii.gz" for view in nm.views} <= written
+    assert all(Path(i["label"]).parent == (tmp_path / "work" / "labels").resolve() for i in out["validation"])

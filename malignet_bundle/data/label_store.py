@@ -5,6 +5,11 @@ MONAI Label keeps one image file per study and, once an annotator saves, one cla
 so each saved map is split into its views, each view's classes into connected lesions, and those are
 written as instance-label NIfTI files (with their class sidecars) in a work folder. The studies and the
 saved maps are only read.
+
+Study ids come from the annotation server's requests and name files here (``<work_dir>/labels/<id>_<view>``),
+so an id must be one plain file name (:func:`check_study_id`) and every path it makes must resolve inside
+the work folder, or nothing is written. The MONAI Label app makes the same check at its door
+(``monailabel_app/lib/safety.py``); this one holds for any other caller.
 """
 
 from __future__ import annotations
@@ -20,9 +25,46 @@ from malignet_bundle.data.class_map import ClassMap
 from malignet_bundle.data.nm_dicom import DicomInputError, read_nm_views
 from malignet_bundle.outputs.label_map import label_map_instances, read_label_map
 
-__all__ = ["datalist_from_label_maps"]
+__all__ = ["datalist_from_label_maps", "check_study_id"]
 
 logger = logging.getLogger(__name__)
+
+# a file name's limit on common filesystems is 255 bytes; leave room for the view, suffix and temporary prefix
+_NAME_MAX = 200
+
+
+def check_study_id(study_id: object) -> str:
+    """A study id that is one plain file name, returned as it is.
+
+    Raises:
+        ValueError: naming the id, for anything but a non-empty string; an absolute path; a path separator
+            (slash, backslash) or ``:``; ``..`` anywhere; a leading ``.``; a control character; more than 200
+            characters.
+    """
+    if not isinstance(study_id, str) or not study_id:
+        raise ValueError(f"study id {study_id!r}: an id is a non-empty string")
+    problems = [
+        (os.path.isabs(study_id), "is an absolute path"),
+        ("/" in study_id or "\\" in study_id, "contains a path separator"),
+        (".." in study_id, "contains '..'"),
+        (study_id.startswith("."), "starts with '.'"),
+        (":" in study_id, "contains ':'"),
+        (any(ord(c) < 32 or ord(c) == 127 for c in study_id), "contains a control character"),
+        (len(study_id) > _NAME_MAX, f"is longer than {_NAME_MAX} characters"),
+    ]
+    for failed, reason in problems:
+        if failed:
+            raise ValueError(f"study id {study_id[:80]!r} {reason}: a study id is one plain file name")
+    return study_id
+
+
+def _inside(folder: Path, name: str) -> Path:
+    """``folder / name`` resolved, if it stays inside ``folder`` (resolved); else ValueError."""
+    root = folder.resolve()
+    path = (root / name).resolve()
+    if path.parent != root:
+        raise ValueError(f"{name!r} resolves to {path}, outside {root}")
+    return path
 
 
 def _patient_id(dataset: object, fallback: str) -> str:
@@ -48,12 +90,16 @@ def datalist_from_label_maps(
             single annotated study it is used for both, and a warning says so.
 
     Raises:
-        ValueError: naming the file, for an annotated study whose DICOM or label map cannot be used, and
+        ValueError: naming the id, for a study id that is not one plain file name (before anything is
+            written); naming the file, for an annotated study whose DICOM or label map cannot be used; and
             when no study is annotated.
     """
     if not labeled:
         raise ValueError("no annotated study: save at least one final label before training")
+    for entry in [*labeled, *unlabeled]:  # all ids first: a bad one writes nothing at all
+        check_study_id(entry[0])
     work_dir = Path(work_dir)
+    labels_dir = work_dir / "labels"
     studies: list[list[dict]] = []
     for study_id, image, label in sorted(labeled, key=lambda s: s[0]):
         nm = read_nm_views(image)  # DicomInputError (a ValueError) names the file
@@ -62,8 +108,8 @@ def datalist_from_label_maps(
         items = []
         for index, view in enumerate(nm.views):
             masks, labels = label_map_instances(label_map[index])
-            path = work_dir / "labels" / f"{study_id}_{view}.nii.gz"
-            path.parent.mkdir(parents=True, exist_ok=True)
+            labels_dir.mkdir(parents=True, exist_ok=True)
+            path = _inside(labels_dir, f"{study_id}_{view}.nii.gz")
             write_instance_label_image(path, masks, [class_map.name(int(c)) for c in labels], nm.spacing)
             items.append(
                 {"image": str(image), "view": view, "patient_id": _patient_id(nm.dataset, study_id), "label": str(path)}
