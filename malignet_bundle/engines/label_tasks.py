@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,11 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from malignet_bundle.atomic_io import write_atomic, write_json_atomic
 from malignet_bundle.data.class_map import ClassMap
 from malignet_bundle.data.label_store import datalist_from_label_maps
-from malignet_bundle.engines.inference import StudyInput
+from malignet_bundle.engines.inference import StudyInput, load_weights
 from malignet_bundle.outputs.label_map import study_label_map, write_label_map
 from malignet_bundle.outputs.report import build_report
 
-__all__ = ["infer_study", "train_on_datastore", "load_overrides"]
+__all__ = ["infer_study", "train_on_datastore", "validation_f1", "load_overrides"]
 
 logger = logging.getLogger(__name__)
 
@@ -121,14 +123,20 @@ def train_on_datastore(
     from_scratch: bool = False,
     tracking: str | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune MaligNet on a datastore's final labels plus its unlabeled studies; then serve the new weights.
+    """Fine-tune MaligNet on a datastore's final labels plus its unlabeled studies; serve it unless it is worse.
+
+    The new model (the training's best by validation mean F1) replaces the served ``model.pt`` only when its
+    validation mean F1 is not worse than the served model's, both evaluated by :func:`validation_f1` on this
+    training's validation split: a metric recorded by an earlier training would be on another split, since
+    the split grows with every saved label. Otherwise the served file is left untouched and the new model
+    is written beside it as ``model_candidate_<time>.pt``.
 
     Args:
         manifest: ``{"labeled": [[id, image, label map], ...], "unlabeled": [[id, image], ...]}``.
         work_dir: this training's folder (datalist, converted annotations, checkpoints, config used).
         bundle_root: the bundle (its ``configs/``).
-        ckpt_dir: the served ``model.pt`` (start point unless ``from_scratch``; replaced when training ends)
-            and ``chest_detector.pt``.
+        ckpt_dir: the served ``model.pt`` (start point unless ``from_scratch``; replaced when the training
+            ends with a model that is not worse on validation) and ``chest_detector.pt``.
         overrides: bundle config overrides for a non-default network.
         max_epochs: epochs over the labeled views.
         batch_size: labeled (and unlabeled) views per iteration.
@@ -138,7 +146,13 @@ def train_on_datastore(
         tracking: ``"mlflow"`` to log the run (store in ``work_dir``), else None.
 
     Returns:
-        Counts of views used, epochs, the best validation mean F1, and where the model went.
+        ``replaced`` (bool), ``candidate`` (the kept model's path, or None), ``decision`` (why, in words),
+        ``val_mean_f1`` and ``served_val_mean_f1`` (None without a served model) on the validation split,
+        the counts of views used, epochs, the training's best validation mean F1, and ``model`` (the
+        served file).
+
+    Raises:
+        RuntimeError: when the training saved no model (no validation ran).
     """
     bundle_root, work_dir, ckpt_dir = Path(bundle_root), Path(work_dir), Path(ckpt_dir)
     class_map = ClassMap.from_metadata(_config(bundle_root, "metadata.json"))
@@ -183,10 +197,37 @@ def train_on_datastore(
     workflow.run()
     best = float(workflow.parser.get_parsed_content("validate#evaluator").state.best_metric)
     workflow.finalize()
-    # the server reads the new weights only once they are whole
-    write_atomic(served, lambda tmp: shutil.copyfile(work_dir / "models" / "model.pt", tmp))
+    trained = work_dir / "models" / "model.pt"
+    if not trained.is_file():
+        raise RuntimeError(
+            f"{trained}: the training saved no best model; validation runs every val_interval epochs, "
+            f"so give at least that many epochs (max_epochs={max_epochs})"
+        )
+    config_files = [str(_config(bundle_root, "train.json")), str(work_dir / "overrides.json")]
+    served_f1, served_error = None, None
+    if served.is_file():
+        try:
+            served_f1 = validation_f1(config_files, served)
+        except Exception as e:  # e.g. weights of another network than these overrides build
+            served_error = f"{type(e).__name__}: {str(e)[:300]}"
+    trained_f1 = validation_f1(config_files, trained)
+    replace, decision = _replace_decision(trained_f1, served_f1, served_error, len(datalist["validation"]))
+    if replace:
+        # the server reads the new weights only once they are whole
+        write_atomic(served, lambda tmp: shutil.copyfile(trained, tmp))
+        candidate = None
+    else:
+        candidate = _candidate_path(ckpt_dir)
+        write_atomic(candidate, lambda tmp: shutil.copyfile(trained, tmp))
+        decision += f"; the new model is kept beside it as {candidate.name}"
+    logger.info("%s", decision)
     result = {
         "model": str(served),
+        "replaced": replace,
+        "candidate": str(candidate) if candidate else None,
+        "decision": decision,
+        "val_mean_f1": trained_f1,
+        "served_val_mean_f1": served_f1,
         "work_dir": str(work_dir),
         "labeled_views": len(datalist["labeled"]),
         "validation_views": len(datalist["validation"]),
@@ -197,6 +238,59 @@ def train_on_datastore(
     }
     write_json_atomic(result, work_dir / "result.json")
     return result
+
+
+def validation_f1(config_files: Sequence[str | os.PathLike], weights: str | os.PathLike) -> float:
+    """The key validation metric (``val_mean_f1``) of a model file on the validation split of a training config.
+
+    The training's own evaluator config (``validate#…``: data, transforms, metric, device) with the given
+    weights, and without its handlers, so the evaluation writes nothing. Two models evaluated by this on the
+    same config are compared on the same views by the same metric.
+
+    Args:
+        config_files: the training's config files (``train.json`` and its overrides).
+        weights: ``model.pt`` (a state dict) or a training checkpoint.
+
+    Raises:
+        RuntimeError: from loading weights that do not fit the configured network.
+    """
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in config_files])
+    parser["validate#handlers"] = []
+    key = next(iter(parser["validate#key_metric"]))
+    network = parser.get_parsed_content("network")
+    load_weights(network, weights)
+    evaluator = parser.get_parsed_content("validate#evaluator")
+    evaluator.run()
+    return float(evaluator.state.metrics[key])
+
+
+def _replace_decision(
+    trained_f1: float, served_f1: float | None, served_error: str | None, views: int
+) -> tuple[bool, str]:
+    """Whether the new model replaces the served one, and why, in words for the train response."""
+    if served_error is not None:
+        return False, f"the served model was not replaced: it could not be evaluated on this network ({served_error})"
+    if served_f1 is None:
+        return True, f"no model was served: the new model (validation mean F1 {trained_f1:.4f}) is served"
+    if math.isnan(served_f1) or trained_f1 >= served_f1:
+        return True, (
+            f"the new model is served: validation mean F1 {trained_f1:.4f} is not worse than the served "
+            f"model's {served_f1:.4f} on the same {views} validation views"
+        )
+    return False, (
+        f"the served model was not replaced: the new model's validation mean F1 {trained_f1:.4f} is worse "
+        f"than the served model's {served_f1:.4f} on the same {views} validation views"
+    )
+
+
+def _candidate_path(ckpt_dir: Path) -> Path:
+    """``model_candidate_<time>.pt`` in ``ckpt_dir``, not yet taken."""
+    stamp = time.strftime("%Y%m%d_%H%M%S")
+    path, k = ckpt_dir / f"model_candidate_{stamp}.pt", 1
+    while path.exists():
+        path, k = ckpt_dir / f"model_candidate_{stamp}_{k}.pt", k + 1
+    return path
 
 
 def load_overrides(path: str | os.PathLike | None) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 
 from lib.bundle import BundleRunner
+from malignet_bundle.atomic_io import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +29,10 @@ class MaligNetTrainTask(TrainTask):
 
     Request params (defaults in :meth:`config`): ``max_epochs``, ``batch_size``, ``learning_rate``,
     ``validation_fraction``, ``from_scratch`` (ignore the served weights), ``tracking`` (``"mlflow"``).
-    Each training gets its own folder under ``work_root``; the served ``model.pt`` is replaced only when
-    the training finished.
+    Each training gets its own folder under ``work_root``. The served ``model.pt`` is replaced only when the
+    training finished and the new model's validation mean F1 is not worse than the served model's on the
+    same validation split; otherwise the new model is kept beside it as ``model_candidate_<time>.pt`` and the
+    result says why (``replaced``, ``candidate``, ``decision``).
     """
 
     def __init__(self, runner: BundleRunner, work_root: str) -> None:
@@ -64,7 +67,7 @@ class MaligNetTrainTask(TrainTask):
         }
         work = self.work_root / time.strftime("%Y%m%d_%H%M%S")
         work.mkdir(parents=True, exist_ok=True)
-        (work / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        write_json_atomic(manifest, work / "manifest.json")
         args = ["--manifest", str(work / "manifest.json"), "--work_dir", str(work)]
         args += ["--max_epochs", str(int(params["max_epochs"])), "--batch_size", str(int(params["batch_size"]))]
         args += ["--learning_rate", str(float(params["learning_rate"]))]
@@ -77,4 +80,6 @@ class MaligNetTrainTask(TrainTask):
             "training on %d labeled, %d unlabeled studies", len(manifest["labeled"]), len(manifest["unlabeled"])
         )
         self.runner.run("train", *args, stream=True)
-        return json.loads((work / "result.json").read_text())
+        result = json.loads((work / "result.json").read_text())
+        logger.info("malignet training: %s", result.get("decision", ""))
+        return result
