@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from lib.bundle import BundleRunner
+from lib.datastore import refusing
+from lib.safety import check_inside
 
 logger = logging.getLogger(__name__)
 
@@ -26,10 +29,11 @@ class MaligNetInferTask(InferTask):
     """Lesion pre-annotations of one study: label map (class per pixel, stored frames) + lesions as JSON.
 
     Request params: ``score_threshold`` (default 0.7, thesis Table 11). Each request loads the weights
-    afresh, so a finished training is served at once.
+    afresh, so a finished training is served at once. Only files inside ``studies`` are read (the app passes
+    the datastore study's file; anything else is refused with 400).
     """
 
-    def __init__(self, runner: BundleRunner, labels: dict[str, int]) -> None:
+    def __init__(self, runner: BundleRunner, labels: dict[str, int], studies: str | os.PathLike) -> None:
         super().__init__(
             type=InferType.SEGMENTATION,
             labels=labels,
@@ -38,6 +42,7 @@ class MaligNetInferTask(InferTask):
             config={"score_threshold": 0.7},
         )
         self.runner = runner
+        self.studies = Path(studies)
 
     def is_valid(self) -> bool:
         """Offered once both the MaligNet and the chest-detector weights exist."""
@@ -50,9 +55,11 @@ class MaligNetInferTask(InferTask):
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """Run on ``request["image"]`` (the study's DICOM file); returns the label-map file and the lesions."""
+        with refusing():  # the app resolved a datastore id to its file; a second look costs nothing
+            image = check_inside(self.studies, str(request.get("image") or ""))
         threshold = float(request.get("score_threshold", self.config()["score_threshold"]))
         output = Path(tempfile.mkdtemp(prefix="malignet_infer_"))
-        args = ["--image", str(request["image"]), "--output_dir", str(output), "--score_threshold", str(threshold)]
+        args = ["--image", str(image), "--output_dir", str(output), "--score_threshold", str(threshold)]
         if self.runner.device:
             args += ["--device", self.runner.device]
         self.runner.run("infer", *args)
