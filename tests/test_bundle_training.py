@@ -40,7 +40,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train(
+def _command(
     tiny,
     name: str,
     *configs: str,
@@ -48,12 +48,11 @@ def _train(
     batch_size: int = 2,
     extra: tuple = (),
     launcher: tuple = (sys.executable, "-m"),
-    env: dict | None = None,
     run_id: str = "training",
-) -> subprocess.CompletedProcess:
+) -> list[str]:
     """``monai.bundle run <run_id>`` on the tiny dataset; ``launcher`` runs the module (python -m, torchrun)."""
     files = [str(ROOT / "configs" / c) for c in configs]
-    command = [
+    return [
         *launcher,
         "monai.bundle",
         "run",
@@ -78,6 +77,11 @@ def _train(
         str(batch_size),
         *extra,
     ]
+
+
+def _train(tiny, name: str, *configs: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """Run :func:`_command` to the end, output captured as text."""
+    command = _command(tiny, name, *configs, **kwargs)
     return subprocess.run(command, capture_output=True, text=True, cwd=tiny, timeout=900, env=env)
 
 
@@ -275,3 +279,112 @@ def test_self_training_json_trains_on_labeled_plus_pseudo_labeled(tiny):
     assert re.search(r"\d+ images without detections kept", log), log[-4000:]
     # the trainer iterates over labeled + pseudo-labeled views: (4 + 4) / batch 2
     assert "Iter: 4/4" in log
+
+
+def _start(tiny, name: str, epochs: int, log_path, extra: tuple = ()) -> subprocess.Popen:
+    log = open(log_path, "w")  # noqa: SIM115 - closed by the caller through the process's lifetime
+    return subprocess.Popen(
+        _command(tiny, name, "train.json", epochs=epochs, extra=("--val_interval", "1", *extra)),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tiny,
+    )
+
+
+def _kill_when(process: subprocess.Popen, condition, what: str, hang_guard_s: float = 900.0) -> None:
+    """SIGKILL ``process`` as soon as ``condition()`` holds (polled every few ms); fail if it exits first."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + hang_guard_s
+    while not condition():
+        assert process.poll() is None, f"training ended (rc {process.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {hang_guard_s} s"
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def test_sigkill_mid_epoch_and_mid_write_resumes_from_the_newest_complete_checkpoint(tiny):
+    """Real SIGKILLs, several in a row: mid-epoch, while a checkpoint is written, while model.pt is written.
+
+    Each restart with the same command resumes from the newest complete checkpoint, losing at most the epoch
+    in progress, with no manual clean-up; a finished run refuses to train 0 epochs; --resume false archives.
+    """
+    from malignet_bundle.atomic_io import TEMP_PREFIX
+    from malignet_bundle.engines.checkpoint import read_checkpoint_state
+
+    ckpt = tiny / "killed"
+    epochs = 4
+    logs = tiny / "killed_logs"
+    logs.mkdir()
+
+    def latest() -> list:
+        return sorted(p.name for p in ckpt.glob("latest_checkpoint_*.pt") if not p.name.startswith(TEMP_PREFIX))
+
+    def writing(name_part: str):
+        """True once a new temporary file (not one a previous kill left) for ``name_part`` appears."""
+        leftovers = set(ckpt.glob(f"{TEMP_PREFIX}*"))
+        return lambda: any(name_part in p.name for p in set(ckpt.glob(f"{TEMP_PREFIX}*")) - leftovers)
+
+    # 1. killed mid-epoch 2: an iteration of epoch 2 has been logged, its checkpoint not yet begun
+    run = _start(tiny, "killed", epochs, logs / "1.log")
+    _kill_when(run, lambda: f"Epoch: 2/{epochs}, Iter: 1/" in (logs / "1.log").read_text(), "an iteration of epoch 2")
+    assert latest() == ["latest_checkpoint_epoch=1.pt"]
+    assert (ckpt / "model.pt").is_file()
+
+    # 2. resumed from epoch 1; killed while writing the epoch-2 checkpoint
+    run = _start(tiny, "killed", epochs, logs / "2.log")
+    _kill_when(run, writing("latest_checkpoint_epoch=2"), "the epoch-2 checkpoint write")
+    log = (logs / "2.log").read_text()
+    assert "resuming from" in log and "latest_checkpoint_epoch=1.pt (epoch 1 of 4" in log, log[-3000:]
+    assert latest() == ["latest_checkpoint_epoch=1.pt"]  # the half-written epoch 2 never took its name
+    assert read_checkpoint_state(ckpt / "latest_checkpoint_epoch=1.pt").epoch == 1
+
+    # 3. again from epoch 1 (one epoch lost), the killed write's temporary file cleared; killed at the same place
+    run = _start(tiny, "killed", epochs, logs / "3.log")
+    _kill_when(run, writing("latest_checkpoint_epoch=2"), "the epoch-2 checkpoint write, again")
+    log = (logs / "3.log").read_text()
+    assert "latest_checkpoint_epoch=1.pt (epoch 1 of 4" in log and "incomplete write" in log, log[-3000:]
+    assert latest() == ["latest_checkpoint_epoch=1.pt"]
+    MaligNet(image_size=96).load_state_dict(torch.load(ckpt / "model.pt", weights_only=True))
+
+    # 4. a stale checkpoint from an older run beside the real ones changes nothing: newest by recorded epoch
+    import shutil
+
+    shutil.copyfile(ckpt / "latest_checkpoint_epoch=1.pt", ckpt / "latest_checkpoint_epoch=0.pt")
+    (ckpt / "latest_checkpoint_epoch=9.pt").write_bytes((ckpt / "latest_checkpoint_epoch=1.pt").read_bytes()[:5000])
+    run = _start(tiny, "killed", epochs, logs / "4.log")
+    assert run.wait(timeout=900) == 0, (logs / "4.log").read_text()[-4000:]
+    log = (logs / "4.log").read_text()
+    assert "skipping damaged checkpoint" in log and "latest_checkpoint_epoch=9.pt" in log
+    assert "(epoch 1 of 4, iteration 2)" in log  # the newest complete state: epoch 1 (both copies record it)
+    assert latest() == ["latest_checkpoint_epoch=4.pt"]  # stale, damaged and superseded files are gone
+    assert read_checkpoint_state(ckpt / "latest_checkpoint_epoch=4.pt").epoch == 4
+    assert not list(ckpt.glob(f"{TEMP_PREFIX}*"))
+
+    # 5. the same command on the finished run: refuses to train 0 epochs, and says what to do
+    finished = _train(tiny, "killed", "train.json", epochs=epochs)
+    assert finished.returncode != 0
+    assert "holds a finished run" in finished.stderr + finished.stdout and "--resume false" in finished.stderr
+
+    # 6. --resume false starts over and moves the earlier run aside instead of deleting or mixing it
+    fresh = _train(tiny, "killed", "train.json", epochs=1, extra=("--resume", "false"))
+    assert fresh.returncode == 0, (fresh.stdout + fresh.stderr)[-4000:]
+    (archive,) = (ckpt / "previous_runs").iterdir()
+    assert {"latest_checkpoint_epoch=4.pt", "model.pt"} <= {p.name for p in archive.iterdir()}
+    assert latest() == ["latest_checkpoint_epoch=1.pt"]
+
+
+def test_sigkill_while_writing_model_pt_leaves_the_previous_one_intact(tiny):
+    """A training's first validation always writes model.pt; killed during that write, the old file survives."""
+    from malignet_bundle.atomic_io import TEMP_PREFIX
+
+    ckpt = tiny / "killed_best"
+    ckpt.mkdir()
+    torch.manual_seed(3)
+    torch.save(MaligNet(image_size=96).state_dict(), ckpt / "model.pt")
+    before = (ckpt / "model.pt").read_bytes()
+    run = _start(tiny, "killed_best", 1, tiny / "killed_best.log")
+    _kill_when(run, lambda: any(p.name.endswith(".model.pt") for p in ckpt.glob(f"{TEMP_PREFIX}*")), "a model.pt write")
+    assert (ckpt / "model.pt").read_bytes() == before
