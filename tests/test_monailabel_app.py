@@ -191,6 +191,10 @@ def test_save_labels_train_then_infer_on_the_study(server):
         time.sleep(5)
     assert status["status"] == "DONE", f"{status}\n{_log_tail(server)}"
     assert (server["models"] / "model.pt").is_file()
+    # the train status says what became of the new model, and why (no model was served before it)
+    results = [line for line in status["details"] if "Result:" in line]
+    assert results and '"replaced": true' in results[-1] and "no model was served" in results[-1], status
+    assert not list(server["models"].glob("model_candidate_*"))
     runs = list((server["root"] / "train_runs").glob("*/datalist.json"))
     assert runs, "the train task wrote no datalist"
     datalist = load_datalist(max(runs, key=lambda p: p.stat().st_mtime))
