@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,43 +193,43 @@ def test_report_coordinates_land_on_the_lesions(tmp_path, synthetic_dataset, cla
         assert gt[int(iou.argmax()), int(y0) : int(y1), int(x0) : int(x1)].any()
 
 
-def test_inference_json_writes_all_outputs_and_skips_a_broken_study(tmp_path, synthetic_dataset, class_map):
+@pytest.fixture(scope="module")
+def inference_models(tmp_path_factory, synthetic_dataset, class_map):
+    """A folder with a briefly trained chest detector and an untrained MaligNet ``model.pt``."""
     from malignet_bundle.engines.chest_detector import train_chest_detector
     from malignet_bundle.networks.malignet import MaligNet
 
+    folder = tmp_path_factory.mktemp("inference_models")
     datalist = load_datalist(synthetic_dataset / "datalist.json")
     train_chest_detector(
-        datalist, synthetic_dataset, class_map, tmp_path / "chest_detector.pt", epochs=1, batch_size=4, progress=False
+        datalist, synthetic_dataset, class_map, folder / "chest_detector.pt", epochs=1, batch_size=4, progress=False
     )
     torch.manual_seed(0)
-    torch.save(MaligNet(num_classes=class_map.num_classes + 1).state_dict(), tmp_path / "model.pt")
+    torch.save(MaligNet(num_classes=class_map.num_classes + 1).state_dict(), folder / "model.pt")
+    return folder
+
+
+def _infer(models, cwd, *args: str) -> subprocess.CompletedProcess:
+    """``monai.bundle run`` with ``inference.json`` (score threshold 0, no progress bar) and ``args``."""
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(ROOT / "configs" / "inference.json")]
+    command += ["--bundle_root", str(ROOT), "--ckpt_dir", str(models), "--score_threshold", "0.0"]
+    command += ["--progress", "false", *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd)
+
+
+def _tree(folder) -> dict:
+    return {str(p.relative_to(folder)): _sha(p) for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def test_inference_json_writes_all_outputs_and_skips_a_broken_study(tmp_path, synthetic_dataset, inference_models):
+    datalist = load_datalist(synthetic_dataset / "datalist.json")
     studies = tmp_path / "studies"
     studies.mkdir()
     source = synthetic_dataset / datalist["test"][0]["image"]
     shutil.copy(source, studies / "study.dcm")
     (studies / "broken.dcm").write_bytes(b"\x00not dicom" * 64)
     hashes = {p.name: _sha(p) for p in studies.iterdir()}
-    command = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        str(ROOT / "configs" / "inference.json"),
-        "--bundle_root",
-        str(ROOT),
-        "--ckpt_dir",
-        str(tmp_path),
-        "--input",
-        str(studies),
-        "--output_dir",
-        str(tmp_path / "out"),
-        "--score_threshold",
-        "0.0",
-        "--progress",
-        "false",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    result = _infer(inference_models, tmp_path, "--input", str(studies), "--output_dir", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert {p.name: _sha(p) for p in studies.iterdir()} == hashes  # inputs untouched
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -248,3 +249,58 @@ def test_inference_json_writes_all_outputs_and_skips_a_broken_study(tmp_path, sy
         assert classes == {les["id"].split("-")[1]: les["class_name"] for les in reported}
         nifti = load_annotation(out / f"{view}_instances.nii.gz", (1024, 256))
         assert 0 < len(nifti.masks) <= len(reported)
+
+
+def test_inference_never_writes_into_its_inputs_nor_reads_its_outputs(tmp_path, synthetic_dataset, inference_models):
+    """Output folders inside the inputs are refused; a rerun over a folder with earlier outputs skips them;
+    a datalist without --dataset_dir reads the files beside it, not the bundle's default dataset."""
+    datalist = load_datalist(synthetic_dataset / "datalist.json")
+    site = tmp_path / "site"
+    (site / "studies").mkdir(parents=True)
+    shutil.copy(synthetic_dataset / datalist["test"][0]["image"], site / "studies" / "study.dcm")
+    # a user's own annotation beside the study: the file inference would have overwritten
+    (site / "studies" / "study").mkdir()
+    (site / "studies" / "study" / "anterior_instances.nii.gz").write_bytes(b"my annotation")
+    before = _tree(site)
+
+    for output in (site / "studies", site / "studies" / "out"):
+        refused = _infer(inference_models, tmp_path, "--input", str(site / "studies"), "--output_dir", str(output))
+        assert refused.returncode != 0
+        assert "choose an --output_dir outside it" in refused.stderr and str(site / "studies") in refused.stderr
+        assert _tree(site) == before  # nothing written, nothing changed
+
+    # a single file: the per-study folder <output>/<file stem> would be the very folder that holds it
+    (tmp_path / "scan").mkdir()
+    shutil.copy(site / "studies" / "study.dcm", tmp_path / "scan" / "scan.dcm")
+    refused = _infer(
+        inference_models, tmp_path, "--input", str(tmp_path / "scan" / "scan.dcm"), "--output_dir", str(tmp_path)
+    )
+    assert refused.returncode != 0 and "would hold the input" in refused.stderr
+    assert [p.name for p in (tmp_path / "scan").iterdir()] == ["scan.dcm"]
+
+    first = _infer(inference_models, tmp_path, "--input", str(site / "studies"), "--output_dir", str(site / "out"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    (study_id,) = json.loads((site / "out" / "summary.json").read_text())["written"]  # the PatientID
+    assert (site / "out" / study_id / "seg_anterior.dcm").is_file()
+    # a later run over the whole site finds the study once and never the SEG files of the first run
+    second = _infer(inference_models, tmp_path, "--input", str(site), "--output_dir", str(tmp_path / "out2"))
+    assert second.returncode == 0, second.stderr[-3000:]
+    summary = json.loads((tmp_path / "out2" / "summary.json").read_text())
+    assert summary == {"written": [study_id], "skipped": []}
+
+    # a datalist given as --input alone: its relative paths resolve beside it
+    listed = tmp_path / "listed"
+    (listed / "studies").mkdir(parents=True)
+    shutil.copy(site / "studies" / "study.dcm", listed / "studies" / "mine.dcm")
+    item = {"image": "studies/mine.dcm", "view": "anterior", "patient_id": "MINE"}
+    (listed / "datalist.json").write_text(
+        json.dumps({"labeled": [], "unlabeled": [], "validation": [], "test": [item]})
+    )
+    third = _infer(
+        inference_models, tmp_path, "--input", str(listed / "datalist.json"), "--output_dir", str(tmp_path / "out3")
+    )
+    assert third.returncode == 0, third.stderr[-3000:]
+    summary = json.loads((tmp_path / "out3" / "summary.json").read_text())
+    assert summary == {"written": ["MINE"], "skipped": []}
+    report = json.loads((tmp_path / "out3" / "MINE" / "report.json").read_text())
+    assert str(listed / "studies" / "mine.dcm") in json.dumps(report)

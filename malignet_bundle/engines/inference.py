@@ -30,7 +30,11 @@ from malignet_bundle.outputs.prediction import StudyPrediction, ViewPrediction
 
 __all__ = [
     "StudyInput",
+    "OUTPUT_MARKER",
+    "OutputLocationError",
     "collect_studies",
+    "input_roots",
+    "check_output_dir",
     "load_weights",
     "LesionPredictor",
     "write_study_outputs",
@@ -40,6 +44,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", "")
+# Written into every inference output folder: a later run over a folder that holds it never reads our own
+# outputs (DICOM SEG files, say) back as studies.
+OUTPUT_MARKER = ".malignet-inference-output"
+
+
+class OutputLocationError(ValueError):
+    """The output folder would write into the inputs (or their dataset folder)."""
 
 
 @dataclass
@@ -73,13 +84,15 @@ def collect_studies(
     """Studies to run on, from a DICOM file, a folder of DICOM files, or a datalist JSON.
 
     A folder is searched recursively for files with a DICOM suffix (or none); files of one StudyInstanceUID
-    form one study (one multi-frame file, or one single-frame file per view). A datalist's ``split`` items
-    are grouped by ``patient_id``. A file whose header cannot be read becomes a study of its own, so that
-    the run reports it instead of losing it.
+    form one study (one multi-frame file, or one single-frame file per view). Folders holding an earlier
+    inference's outputs (:data:`OUTPUT_MARKER`) are left out. A datalist's ``split`` items are grouped by
+    ``patient_id``. A file whose header cannot be read becomes a study of its own, so that the run reports
+    it instead of losing it.
 
     Args:
         source: the file, folder or ``.json`` datalist.
-        dataset_dir: folder the datalist's paths are relative to (default: the datalist's folder).
+        dataset_dir: folder the datalist's paths are relative to; None (the default): the datalist's own
+            folder, so a datalist never silently reads another dataset's files.
         split: datalist split to run on.
     """
     source = Path(source)
@@ -100,10 +113,16 @@ def collect_studies(
         return _unique_ids([StudyInput(source.stem, [{"image": str(source), "view": None}])])
     if not source.is_dir():
         raise FileNotFoundError(f"{source}: no such DICOM file, folder or datalist")
+    outputs = sorted(marker.parent for marker in source.rglob(OUTPUT_MARKER))
+    for folder in outputs:
+        logger.info("leaving out %s: it holds an earlier inference's outputs", folder)
     files = sorted(
         p
         for p in source.rglob("*")
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in DICOM_SUFFIXES
+        if p.is_file()
+        and not p.name.startswith(".")
+        and p.suffix.lower() in DICOM_SUFFIXES
+        and not any(p.is_relative_to(folder) for folder in outputs)
     )
     by_study: dict[str, StudyInput] = {}
     for path in files:
@@ -119,6 +138,53 @@ def collect_studies(
     return _unique_ids(list(by_study.values()))
 
 
+def input_roots(source: str | os.PathLike, dataset_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Folders whose contents are inputs of a run on ``source`` (see :func:`collect_studies`).
+
+    A folder input is one; a datalist's is its dataset folder (``dataset_dir`` or the datalist's folder).
+    A single file contributes no folder here; :func:`check_output_dir` keeps outputs off its folder itself.
+    """
+    source = Path(source)
+    if source.suffix.lower() == ".json":
+        return [Path(dataset_dir) if dataset_dir is not None else source.parent]
+    return [source] if source.is_dir() else []
+
+
+def check_output_dir(
+    output_dir: str | os.PathLike,
+    studies: Sequence[StudyInput],
+    roots: Sequence[str | os.PathLike] = (),
+) -> Path:
+    """Refuse an output folder that would write into the inputs; returns the resolved folder.
+
+    Refused: an output folder that is, or lies inside, one of ``roots`` (the input folder, the dataset
+    folder) or a folder that directly holds an input file; and one whose per-study subfolders would be, or
+    contain, an input.
+
+    Raises:
+        OutputLocationError: naming the output folder, the input it collides with, and what to do.
+    """
+    out = Path(output_dir).resolve()
+    files = [Path(item["image"]).resolve() for study in studies for item in study.items]
+    files += [Path(item["label"]).resolve() for study in studies for item in study.items if "label" in item]
+    folders = {Path(r).resolve() for r in roots} | {f.parent for f in files}
+    for folder in sorted(folders):
+        if out == folder or out.is_relative_to(folder):
+            raise OutputLocationError(
+                f"output folder {out} is inside the input folder {folder}: inference would write among the "
+                "inputs (and a later run would read its outputs as studies); choose an --output_dir outside it"
+            )
+    for study in studies:
+        target = out / study.study_id
+        for path in [*folders, *files]:
+            if path == target or path.is_relative_to(target):
+                raise OutputLocationError(
+                    f"output folder {target} for study {study.study_id} would hold the input {path}; "
+                    "choose another --output_dir"
+                )
+    return out
+
+
 def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
     """Load a bundle checkpoint into ``network`` with ``weights_only=True`` (a foreign file cannot run code).
 
@@ -127,7 +193,10 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found; train a model first (make train)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a checkpoint, or a pickle that asks for code: name the file
+        raise ValueError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {e})") from e
     if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
         state = state["model"]
     module = network.module if hasattr(network, "module") else network
@@ -262,14 +331,20 @@ def run_inference(
     model: Mapping[str, Any] | None = None,
     dicom_seg: bool = True,
     progress: bool = True,
+    roots: Sequence[str | os.PathLike] = (),
 ) -> dict[str, list]:
     """Predict and write every study; a study that cannot be read is logged with its reason and skipped.
+
+    Nothing is written when ``output_dir`` would write into the inputs (:func:`check_output_dir`, with
+    ``roots`` the input and dataset folders of :func:`input_roots`).
 
     Returns ``{"written": [study ids], "skipped": [(study id, reason)]}``, also written as
     ``output_dir/summary.json``.
     """
-    from malignet_bundle.atomic_io import write_json_atomic
+    from malignet_bundle.atomic_io import write_bytes_atomic, write_json_atomic
 
+    check_output_dir(output_dir, studies, roots)
+    write_bytes_atomic(b"", Path(output_dir) / OUTPUT_MARKER)
     summary: dict[str, list] = {"written": [], "skipped": []}
     iterator: Any = studies
     if progress:
