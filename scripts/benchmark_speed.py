@@ -29,19 +29,18 @@ MALIGNET_OPTIONS: dict = {}  # set from the command line, e.g. the ladder combin
 
 def load_crops(dataset_dir: Path, count: int, size: int) -> tuple[list, list, list]:
     """``count`` labeled chest crops with targets and ``count`` more images used as unlabeled."""
-    from monai.transforms import Compose, LoadImaged, ScaleIntensityRangePercentilesd
+    from monai.transforms import Compose, ScaleIntensityRangePercentilesd
 
     from malignet_bundle.data.class_map import ClassMap
     from malignet_bundle.data.datalist import load_datalist
-    from malignet_bundle.data.reader import NMWholeBodyReader
     from malignet_bundle.transforms.geometry import BoxesFromMasksd, CropToChestd
-    from malignet_bundle.transforms.io import LoadAnnotationd, SelectViewd
+    from malignet_bundle.transforms.io import LoadAnnotationd, LoadNMViewd, SelectViewd
 
     root = Path(__file__).resolve().parents[1]
     class_map = ClassMap.from_metadata(root / "configs" / "metadata.json")
     pipeline = Compose(
         [
-            LoadImaged("image", reader=NMWholeBodyReader(), image_only=True),
+            LoadNMViewd("image"),
             LoadAnnotationd("label", class_map=class_map, dataset_dir=str(dataset_dir)),
             SelectViewd("image"),
             CropToChestd("image", size),

@@ -264,11 +264,16 @@ def _chain(error: BaseException) -> str:
     return "\n".join(messages)
 
 
+# train.json checks its datalist first (test below); these tests reach the loading chain behind that check
+PLAIN_DATALIST = "$malignet_bundle.data.datalist.load_datalist(@data_list_file_path)"
+
+
 def training_chain_errors(root: str) -> dict[str, str]:
     """For each bad labeled item alone: the error train.json's labeled dataset raises while being built.
 
     Keyed by the bad file (the image, or the annotation for the annotation cases). Run by the test below in a
-    capped subprocess, since the NaN cases must not reach pycocotools.
+    capped subprocess, since the NaN cases must not reach pycocotools. The datalist check is bypassed, so the
+    loading chain itself (reader, annotation loader) must refuse each file.
     """
     root = Path(root)
     datalist = json.loads((root / "datalist_all.json").read_text())
@@ -276,7 +281,7 @@ def training_chain_errors(root: str) -> dict[str, str]:
     good = [it for it in datalist["labeled"] if it["patient_id"] == "SYN00001"]
     write_json_atomic({"labeled": good, "validation": datalist["validation"]}, root / "case.json")
     try:
-        built = _training_parser(root, root / "case.json").get_parsed_content("train#dataset")
+        built = _training_parser(root, root / "case.json", datalist=PLAIN_DATALIST).get_parsed_content("train#dataset")
         errors = {"good": f"built {len(built)} items of shape {tuple(built[0]['image'].shape)}"}
     finally:
         (root / "case.json").unlink()
@@ -287,7 +292,7 @@ def training_chain_errors(root: str) -> dict[str, str]:
         case = root / "case.json"
         write_json_atomic({"labeled": [item], "validation": datalist["validation"]}, case)
         try:
-            _training_parser(root, case).get_parsed_content("train#dataset")
+            _training_parser(root, case, datalist=PLAIN_DATALIST).get_parsed_content("train#dataset")
             errors[key] = "built without an error"
         except Exception as e:
             errors[key] = _chain(e)

@@ -17,7 +17,6 @@ from monai.data import CacheDataset, DataLoader
 from monai.transforms import (
     Compose,
     EnsureTyped,
-    LoadImaged,
     RandAdjustContrastd,
     RandScaleIntensityd,
     ScaleIntensityRangePercentilesd,
@@ -28,9 +27,8 @@ from tqdm import tqdm
 from malignet_bundle.atomic_io import save_torch_atomic
 from malignet_bundle.data.class_map import ClassMap
 from malignet_bundle.data.datalist import resolve_items
-from malignet_bundle.data.reader import NMWholeBodyReader
 from malignet_bundle.networks.chest_detector import ChestDetector, box_jaccard
-from malignet_bundle.transforms.io import LoadAnnotationd, SelectViewd
+from malignet_bundle.transforms.io import LoadAnnotationd, LoadNMViewd, SelectViewd
 
 __all__ = ["chest_view_transforms", "train_chest_detector", "evaluate_chest_detector", "save_atomic"]
 
@@ -40,7 +38,7 @@ logger = logging.getLogger(__name__)
 def chest_view_transforms(class_map: ClassMap, train: bool = False) -> Compose:
     """Resolved datalist item → anterior-oriented whole-body view scaled to 0–1, with its ``chest_box``."""
     steps = [
-        LoadImaged("image", reader=NMWholeBodyReader(), image_only=True),
+        LoadNMViewd("image"),
         LoadAnnotationd("label", class_map=class_map),
         SelectViewd("image"),
         ScaleIntensityRangePercentilesd("image", 0, 99.5, 0.0, 1.0),

@@ -174,6 +174,9 @@ def train_on_datastore(
         "learning_rate": float(learning_rate),
         "initial_weights": start,
         "resume": False,
+        # written above from studies read and checked one by one; with a single annotated study it is both
+        # the training and the validation split on purpose, which the data check would call a leak
+        "datalist": "$malignet_bundle.data.datalist.load_datalist(@data_list_file_path)",
     }
     if not datalist["unlabeled"]:
         config["train#trainer#unlabeled_data_loader"] = None
