@@ -28,6 +28,7 @@ import numpy as np
 
 from malignet_bundle.atomic_io import write_json_atomic
 from malignet_bundle.data.datalist import load_datalist
+from malignet_bundle.engines.checkpoint import FinishedRunError, prepare_resume
 from malignet_bundle.networks.malignet import LESION_ANCHOR_SIZES
 
 __all__ = [
@@ -519,7 +520,12 @@ def execute_run(
     train_seconds = previous["train_seconds"] if previous is not None else None
     trained_on = previous.get("trained_on", "not recorded") if previous is not None else None
     if not (run_dir / "models" / "model.pt").is_file() or not (run_dir / "trained").is_file():
-        _workflow(files, "training", tracking)
+        try:
+            prepare_resume(run_dir / "models", overrides["epochs"])
+        except FinishedRunError:  # killed after its last checkpoint, before it was marked trained
+            logger.info("%s: training had finished before the interruption", run.name)
+        else:
+            _workflow(files, "training", tracking)
         (run_dir / "trained").touch()
         train_seconds, trained_on = None, None
     trained = time.perf_counter()
