@@ -97,6 +97,23 @@ def test_noise_scale_follows_ratio():
     assert (gaussian_feature_noise(z, 0.0) == 0).all()
 
 
+def test_noise_statistics_hold_in_half_precision():
+    """fp16 activations of a few hundred (z² > 65504) get finite noise of the right scale, in fp16."""
+    z = (300.0 + 40.0 * torch.randn(2, 8, 16, 16)).half()
+    noise = gaussian_feature_noise(z, 0.03)
+    assert noise.dtype == torch.float16 and torch.isfinite(noise).all()
+    ratio = noise.float().flatten(1).std(1) / z.float().flatten(1).std(1)
+    torch.testing.assert_close(ratio, torch.full((2,), 0.03), atol=0.004, rtol=0)
+
+
+def test_ladder_cost_is_finite_for_half_precision_maps():
+    torch.manual_seed(0)
+    lfpn = LadderFPN([16, 32], 8).train()
+    maps = {"0": 300 + 40 * torch.randn(2, 16, 16, 16), "1": 300 + 40 * torch.randn(2, 32, 8, 8)}
+    _, cost = lfpn.half().forward_with_ladder({k: v.half() for k, v in maps.items()})
+    assert cost.dtype == torch.float32 and torch.isfinite(cost)
+
+
 def test_baseline_is_torchvision_mask_rcnn():
     """ladder=False, global_features=False: torchvision's Mask R-CNN, weight for weight and output for output."""
     torch.manual_seed(1)

@@ -31,14 +31,18 @@ __all__ = ["LadderFPN", "LadderDecoder", "gaussian_feature_noise"]
 
 
 def gaussian_feature_noise(z: Tensor, ratio: float) -> Tensor:
-    """Zero-mean Gaussian noise with σ = ``ratio`` × the per-sample standard deviation of ``z``."""
+    """Zero-mean Gaussian noise with σ = ``ratio`` × the per-sample standard deviation of ``z``.
+
+    The moments are taken in float32 whatever ``z``'s dtype: under fp16 autocast E[z²] overflows (65504) for
+    activations above ~256, and the one-pass variance E[z²] − E[z]² loses every digit in half precision.
+    """
     if ratio <= 0:
         return torch.zeros_like(z)
-    flat = z.detach().flatten(1)
+    flat = z.detach().flatten(1).float()
     # one-pass moments: aten::std is several times slower on CPU and this runs 12 times a step
     variance = (flat * flat).mean(dim=1) - flat.mean(dim=1).square()
     sigma = variance.clamp(min=0).sqrt().view(-1, *([1] * (z.dim() - 1)))
-    return torch.randn_like(z).mul_(ratio * sigma)
+    return torch.randn_like(z, dtype=torch.float32).mul_(ratio * sigma).to(z.dtype)
 
 
 class LadderDecoder(nn.Module):
@@ -161,6 +165,7 @@ class LadderFPN(FeaturePyramidNetwork):
         return OrderedDict(zip(names, results, strict=True))
 
     def _target(self, z: Tensor) -> Tensor:
+        z = z.float()  # the cost's statistics in float32 under autocast, like the noise's
         if self.stop_gradient_targets:
             z = z.detach()
         if self.normalize_targets and z.shape[0] * z.shape[2] * z.shape[3] > 1:
@@ -176,7 +181,7 @@ class LadderFPN(FeaturePyramidNetwork):
         costs = []
         for decoder, clean_level, noisy_level in zip(self.decoders, clean, noisy, strict=True):
             for target, reconstruction in zip(clean_level, decoder(*noisy_level), strict=True):
-                costs.append(F.mse_loss(reconstruction, self._target(target)))
+                costs.append(F.mse_loss(reconstruction.float(), self._target(target)))
         return self._pyramid(noisy, feats, names), torch.stack(costs).mean()
 
     def forward(self, x: dict[str, Tensor]) -> dict[str, Tensor]:
