@@ -34,7 +34,14 @@ from malignet_bundle.data.synthesize import write_dataset
 from malignet_bundle.outputs.label_map import read_label_map, write_label_map
 
 from .conftest import ROOT
-from .test_monailabel_app import MONAILABEL, OVERRIDES, _free_port, _outward_address, _study_label_map
+from .test_monailabel_app import (
+    MONAILABEL,
+    OVERRIDES,
+    _free_port,
+    _outward_address,
+    _study_label_map,
+    wait_until_serving,
+)
 
 needs_monailabel = pytest.mark.skipif(
     not MONAILABEL.is_file(), reason=f"MONAI Label is not installed ({MONAILABEL} missing): run `make label`"
@@ -226,19 +233,8 @@ def server(tmp_path_factory):
     port = _free_port()
     process = _start_server(root, studies, work, port, host="127.0.0.1")
     url, log = f"http://127.0.0.1:{port}", root / f"server_{port}.log"
-    deadline = time.monotonic() + 300  # a hang guard: the server imports torch and MONAI first
     try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                if requests.get(f"{url}/info/", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready in 300 s:\n{log.read_text()[-4000:]}")
-            time.sleep(2)
+        wait_until_serving(process, url, log)
         yield {"url": url, "root": root, "studies": studies, "work": work, "log": log, "port": port}
     finally:
         _stop(process)

@@ -114,19 +114,8 @@ def server(tmp_path_factory, class_map):
     env["PATH"] = f"{MONAILABEL.parent}{os.pathsep}{env.get('PATH', '')}"  # its launcher runs `python` from PATH
     process = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
     try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"server exited with {process.returncode}:\n{(root / 'server.log').read_text()[-4000:]}")
-            try:
-                if requests.get(f"{url}/info/", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready in 300 s:\n{(root / 'server.log').read_text()[-4000:]}")
-            time.sleep(2)
+        wait_until_serving(process, url, root / "server.log")
         yield {
             "url": url,
             "root": root,
@@ -143,6 +132,22 @@ def server(tmp_path_factory, class_map):
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
         log.close()
+
+
+def wait_until_serving(process: subprocess.Popen, url: str, log: Path, hang_guard_s: float = 300.0) -> None:
+    """Return once ``url``/info/ answers 200; fail with the server's log if it exits or hangs first."""
+    deadline = time.monotonic() + hang_guard_s  # a hang guard: the server imports torch and MONAI first
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if requests.get(f"{url}/info/", timeout=5).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"server not ready in {hang_guard_s:.0f} s:\n{log.read_text()[-4000:]}")
+        time.sleep(2)
 
 
 def _log_tail(server: dict) -> str:
