@@ -164,7 +164,8 @@ def test_bad_datalists_stop_with_what_is_wrong(tiny):
     (tiny / "empty_labeled.json").write_text(json.dumps(datalist))
     result = _train(tiny, "bad", "train.json", extra=("--data_list_file_path", str(tiny / "empty_labeled.json")))
     assert result.returncode != 0
-    assert "the labeled split of the datalist is empty" in result.stdout + result.stderr
+    log = result.stdout + result.stderr
+    assert "empty_labeled.json" in log and "the 'labeled' split is empty" in log
 
 
 def test_multi_gpu_config_runs_two_processes_with_gloo(tiny):
