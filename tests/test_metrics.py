@@ -16,6 +16,8 @@ from ignite.engine import Engine
 
 from malignet_bundle.metrics import evaluation as ev
 from malignet_bundle.metrics.lesion import LesionF1, binarize_masks, mask_iou, match_lesions
+from malignet_bundle.metrics.operating_point import OperatingPointF1, choose_operating_threshold
+from malignet_bundle.metrics.records import image_records
 
 SIZE = 16
 RATES = ("0.125", "0.25", "0.5", "1", "2", "4", "8")
@@ -592,3 +594,128 @@ def test_per_image_rows_name_images_by_path_and_view():
         "metastasis": "TP",
         "pixel_dice": pytest.approx(2 * 16 / (2 * 16 + 16)),
     }
+
+
+# --- the operating threshold chosen on validation ------------------------------------------------------------------
+
+
+GRID = ev.SCORE_THRESHOLDS
+
+
+def test_operating_threshold_is_the_highest_mean_f1():
+    f1 = [0.1 * (1 - abs(t - 0.3)) for t in GRID]  # one peak, at 0.3
+    choice = choose_operating_threshold(GRID, f1)
+    assert choice.threshold == 0.3 and choice.mean_f1 == pytest.approx(0.1)
+    assert choice.reference_threshold == 0.7 and choice.reference_mean_f1 == pytest.approx(0.1 * 0.6)
+    assert choice.thresholds == GRID and choice.curve == pytest.approx(f1)
+    # candidates in any order give the same choice, the curve ascending
+    assert choose_operating_threshold(GRID[::-1], f1[::-1]) == choice
+
+
+def test_operating_threshold_ties_go_to_the_nearest_to_the_reference_then_the_higher():
+    plateau = [0.5 if 0.2 <= t <= 0.5 else 0.2 for t in GRID]  # equal best from 0.2 to 0.5
+    assert choose_operating_threshold(GRID, plateau).threshold == 0.5  # nearest 0.7
+    around = [0.5 if t in (0.65, 0.75) else 0.1 for t in GRID]  # equally near 0.7
+    assert choose_operating_threshold(GRID, around).threshold == 0.75  # the higher: fewer detections
+    # 2/4 and 1/2 from other counts may differ in the last bits: still a tie
+    assert choose_operating_threshold([0.3, 0.7], [0.5, 0.5 - 1e-15]).threshold == 0.7
+    assert choose_operating_threshold([0.3, 0.7], [0.5, 0.5 - 1e-6]).threshold == 0.3  # a real difference
+    assert choose_operating_threshold(GRID, [0.4] * len(GRID), reference=0.5).threshold == 0.5
+
+
+def test_operating_threshold_without_information_is_the_reference():
+    """No detections (or none correct): every point is 0, validation cannot tell, so the thesis's 0.7 stays."""
+    choice = choose_operating_threshold(GRID, [0.0] * len(GRID))
+    assert (choice.threshold, choice.mean_f1, choice.reference_mean_f1) == (0.7, 0.0, 0.0)
+    with pytest.raises(ValueError, match="reference threshold 0.7 is not among"):
+        choose_operating_threshold([0.3, 0.5], [0.1, 0.2])
+    with pytest.raises(ValueError, match="one mean F1 per threshold"):
+        choose_operating_threshold([0.3, 0.7], [0.1])
+    with pytest.raises(ValueError, match="one mean F1 per threshold"):
+        choose_operating_threshold([], [])
+
+
+def _operating_metric_run(batches, **kwargs):
+    engine = Engine(lambda e, batch: batch)
+    metric = OperatingPointF1(num_classes=4, **kwargs)
+    metric.attach(engine, "val_operating_mean_f1")
+    engine.run(batches, max_epochs=1)
+    return metric, dict(engine.state.metrics)
+
+
+def test_operating_point_metric_chooses_on_crafted_detections():
+    """Two confident hits, one lesion found only at 0.45, weak false positives at 0.2: best from 0.25 to 0.45."""
+    C, D = box(6, 0, 9, 3), box(0, 10, 3, 13)  # on no lesion
+    batches = [
+        ([pred([A, C], [1, 1], [0.9, 0.2])], [truth([A], [1])]),
+        ([pred([B, D, A], [2, 2, 2], [0.8, 0.2, 0.45])], [truth([A, B], [2, 2])]),
+    ]
+    metric, metrics = _operating_metric_run(batches)
+    assert set(metrics) == {"val_operating_mean_f1", "val_operating_threshold", "val_mean_f1"}  # flat, named
+    # 0.25 … 0.45: 3 predictions, 3 hits of 3 lesions → F1 1; above 0.45 the 0.45 hit is lost (2/3 sensitivity)
+    assert metrics["val_operating_threshold"] == 0.45  # of the tied 0.25 … 0.45, the nearest to 0.7
+    assert metrics["val_operating_mean_f1"] == pytest.approx(1.0)
+    # the reference is the old key metric: LesionF1 on the detections at or above 0.7
+    old = LesionF1(num_classes=4, score_threshold=0.7)
+    for batch in batches:
+        old.update(batch)
+    # at 0.7: class 1 F1 1 (support 1), class 2 F1 2/3 (support 2) → 7/9
+    assert metrics["val_mean_f1"] == pytest.approx(old.compute()) == pytest.approx(7 / 9)
+    choice = metric.last_choice
+    assert choice.threshold == 0.45 and dict(zip(choice.thresholds, choice.curve, strict=True))[0.2] < 1.0
+
+
+def test_operating_point_metric_without_detections_keeps_the_reference_and_resets():
+    empty = [([pred([], [], [])], [truth([A], [1])]), ([pred([], [], [])], [truth([], [])])]
+    metric, metrics = _operating_metric_run(empty)
+    assert metrics == {"val_operating_mean_f1": 0.0, "val_operating_threshold": 0.7, "val_mean_f1": 0.0}
+    # a threshold grid without the reference gets it added; a second run starts from nothing
+    engine = Engine(lambda e, batch: batch)
+    metric = OperatingPointF1(num_classes=4, thresholds=(0.3, 0.5), threshold_name="t", reference_name="at_ref")
+    metric.attach(engine, "f1")
+    engine.run([([pred([A], [1], [0.4])], [truth([A], [1])])], max_epochs=1)
+    assert metric.thresholds == (0.3, 0.5, 0.7) and engine.state.metrics == {"f1": 1.0, "t": 0.3, "at_ref": 0.0}
+    engine.run(empty, max_epochs=1)
+    assert engine.state.metrics == {"f1": 0.0, "t": 0.7, "at_ref": 0.0}
+
+
+def test_a_record_moved_to_another_threshold_equals_one_made_there():
+    predictions, targets, patients = _fixture()
+    predictions = [*predictions, pred([A, iou_049(), B], [1, 2, 3], [0.9, 0.6, 0.3])]
+    targets = [*targets, truth([GT10, B], [1, 3])]
+    everything = image_records(predictions, targets, patient_ids=[*patients, "P4"], score_threshold=0.7)
+    for threshold in (0.0, 0.35, 0.5, 0.95):
+        made = image_records(predictions, targets, patient_ids=[*patients, "P4"], score_threshold=threshold)
+        moved = [r.with_score_threshold(threshold) for r in everything]
+        for a, b in zip(moved, made, strict=True):
+            assert (a.pixel_tp, a.pixel_fp, a.pixel_fn, a.pixel_class) == (
+                b.pixel_tp,
+                b.pixel_fp,
+                b.pixel_fn,
+                b.pixel_class,
+            )
+            assert a.score_threshold == threshold and a.pairs == b.pairs
+
+
+def test_evaluation_at_an_operating_threshold_beside_the_protocol():
+    """``operating_`` scalars equal a plain evaluation at that threshold; the plain ones stay at the protocol."""
+    predictions, targets, patients = _fixture()
+    both = ev.evaluate_lesions(
+        predictions, targets, 4, patient_ids=patients, score_threshold=0.7, operating_threshold=0.35
+    )
+    protocol = ev.evaluate_lesions(predictions, targets, 4, patient_ids=patients, score_threshold=0.7)
+    at = ev.evaluate_lesions(predictions, targets, 4, patient_ids=patients, score_threshold=0.35)
+    thresholded, _ = ev.thresholded_metrics(image_records(predictions, targets, 0.5, patients, 0.7), 4)
+    assert set(both.scalars) == set(protocol.scalars) | {f"operating_{k}" for k in thresholded} | {
+        "operating_threshold"
+    }
+    assert both.scalars["operating_threshold"] == 0.35
+    for name, value in protocol.scalars.items():
+        assert both.scalars[name] == pytest.approx(value, nan_ok=True), name
+    for name in thresholded:
+        assert both.scalars[f"operating_{name}"] == pytest.approx(at.scalars[name]), name
+    # the false positive at 0.4 counts at 0.35 only
+    assert both.scalars["operating_localization_precision"] < both.scalars["localization_precision"]
+    assert both.per_image == at.per_image  # rows of the model as used
+    assert both.detail["operating_point"]["threshold"] == 0.35
+    assert both.detail["operating_point"]["segmentation"]["mean_f1"] == at.detail["segmentation"]["mean_f1"]

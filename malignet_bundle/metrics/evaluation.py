@@ -28,7 +28,10 @@ runs them all, and :class:`LesionMetrics` is the ignite metric the evaluators at
 Operating point: Tables 4–7 and the pixel scores describe the detector as deployed, so they count only the
 predictions scoring at least the records' ``score_threshold`` (Table 11: 0.7). COCO AP and FROC rank the
 predictions by score, so they use every prediction the network returned: evaluate with a low network floor
-(``evaluate.json``: 0.05) to get the whole ranking, instead of the part above 0.7.
+(``evaluate.json``: 0.05) to get the whole ranking, instead of the part above 0.7. With an
+``operating_threshold`` (the model's own, chosen on validation: :mod:`~malignet_bundle.metrics.operating_point`)
+the threshold-dependent families are computed a second time at it, from the same matching, under the prefix
+``operating_``; the unprefixed ones stay at the records' threshold (the thesis protocol).
 
 Zero denominators: every ratio whose denominator is zero is 0.0 (precision without predictions, sensitivity
 without ground truth, F1 with precision + sensitivity = 0, the means without support, …). The one exception
@@ -69,12 +72,16 @@ __all__ = [
     "per_image_rows",
     "SCORE_THRESHOLDS",
     "score_threshold_curve",
+    "THRESHOLDED_FAMILIES",
+    "thresholded_metrics",
     "evaluate_records",
     "evaluate_lesions",
     "LesionMetrics",
 ]
 
 OUTCOMES = ("TP", "FP", "FN", "TN")
+# the families that depend on the operating point (Tables 4–7, pixel scores); AP, FROC and the curve do not
+THRESHOLDED_FAMILIES = ("segmentation", "localization", "classification", "metastasis", "pixel")
 # operating points of the mean-F1 curve: 0.05, 0.10, …, 0.95
 SCORE_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))
 
@@ -87,8 +94,10 @@ class EvaluationResult:
         scalars: flat ``{name: float}`` (MLflow-safe names), what :class:`LesionMetrics` returns.
         detail: per-family nested results: ``images``, ``segmentation``, ``localization``, ``classification``
             (with ``confusion`` and ``confusion_normalised``), ``metastasis``, ``coco``, ``froc`` (with the
-            curve), ``pixel``, ``score_threshold_curve``.
-        per_image: one row per image for a CSV (see :func:`per_image_rows`).
+            curve), ``pixel``, ``score_threshold_curve``; with an operating threshold also ``operating_point``
+            (``threshold`` and the :data:`THRESHOLDED_FAMILIES` at it).
+        per_image: one row per image for a CSV (see :func:`per_image_rows`), at the operating threshold when
+            there is one.
     """
 
     scalars: dict[str, float]
@@ -313,40 +322,25 @@ def _rate_name(rate: float) -> str:
     return f"{rate:g}"
 
 
-def evaluate_records(
-    records: Sequence[ImageRecord],
-    num_classes: int,
-    malignant_label: int = 1,
-    prefix: str = "",
-    max_detections: int = 100,
-) -> EvaluationResult:
-    """Every metric family on ``records``.
+def thresholded_metrics(
+    records: Sequence[ImageRecord], num_classes: int, malignant_label: int = 1
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """The :data:`THRESHOLDED_FAMILIES` (Tables 4–7, pixel scores) at the records' own ``score_threshold``.
 
     Args:
-        records: per-image records (:func:`~malignet_bundle.metrics.records.image_records`).
+        records: per-image records (their ``score_threshold`` is the operating point).
         num_classes: lesion classes 1..C.
         malignant_label: the class of metastases (Table 7).
-        prefix: put before every scalar name (e.g. ``test_``).
-        max_detections: COCO ``maxDets`` (detections kept per image for AP).
 
     Returns:
-        The scalars, under these names (after ``prefix``): ``mean_precision``, ``mean_sensitivity``,
-        ``mean_f1``, ``class_<c>_precision|sensitivity|f1``, ``localization_precision|sensitivity|f1``,
-        ``classification_accuracy``, ``classification_mean_accuracy|precision|sensitivity|specificity|f1``,
-        ``metastasis_image_accuracy|precision|recall|specificity|f1``, the same for ``metastasis_patient_``,
-        ``ap``, ``ap50``, ``ap75``, ``froc_cpm``, ``froc_sensitivity_at_<rate>`` (rates 0.125 … 8),
-        ``pixel_dice|precision|sensitivity``, ``best_mean_f1`` and ``best_mean_f1_threshold`` (the top of
-        :func:`score_threshold_curve`, optimistic); the detail; the per-image rows.
+        The scalars (names as in :func:`evaluate_records`, without prefix) and the detail of each family.
     """
     operating = [r.at_operating_point() for r in records]
     segmentation = lesion_segmentation_metrics(operating, num_classes)
     localization = localization_metrics(operating)
     classification = classification_metrics(operating, num_classes)
     metastasis = metastasis_metrics(operating, malignant_label)
-    coco = coco_ap(records, num_classes, max_detections)  # ranking metrics: every prediction
-    curve = froc(records)
     pixels = pixel_metrics(operating, num_classes)
-    threshold_curve = score_threshold_curve(records, num_classes)
     scalars = {
         **{k: segmentation[k] for k in ("mean_precision", "mean_sensitivity", "mean_f1")},
         **{
@@ -362,27 +356,71 @@ def evaluate_records(
             for level in ("image", "patient")
             for k in ("accuracy", "precision", "recall", "specificity", "f1")
         },
-        **{k: coco[k] for k in ("ap", "ap50", "ap75")},
-        "froc_cpm": curve["cpm"],
-        **{f"froc_sensitivity_at_{_rate_name(r)}": s for r, s in curve["operating_points"].items()},
         **{f"pixel_{k}": pixels[k] for k in ("dice", "precision", "sensitivity")},
-        "best_mean_f1": threshold_curve["best_mean_f1"],
-        "best_mean_f1_threshold": threshold_curve["best_threshold"],
     }
     detail = {
-        "images": len(records),
         "segmentation": segmentation,
         "localization": localization,
         "classification": classification,
         "metastasis": {k: v for k, v in metastasis.items() if k != "outcomes"},
-        "coco": coco,
-        "froc": curve,
         "pixel": pixels,
-        "score_threshold_curve": threshold_curve,
     }
-    return EvaluationResult(
-        {f"{prefix}{k}": float(v) for k, v in scalars.items()}, detail, per_image_rows(operating, malignant_label)
-    )
+    return scalars, detail
+
+
+def evaluate_records(
+    records: Sequence[ImageRecord],
+    num_classes: int,
+    malignant_label: int = 1,
+    prefix: str = "",
+    max_detections: int = 100,
+    operating_threshold: float | None = None,
+) -> EvaluationResult:
+    """Every metric family on ``records``.
+
+    Args:
+        records: per-image records (:func:`~malignet_bundle.metrics.records.image_records`); their
+            ``score_threshold`` is the protocol's operating point (0.7).
+        num_classes: lesion classes 1..C.
+        malignant_label: the class of metastases (Table 7).
+        prefix: put before every scalar name (e.g. ``test_``).
+        max_detections: COCO ``maxDets`` (detections kept per image for AP).
+        operating_threshold: the model's own operating threshold; when given, the thresholded families are
+            also computed at it, from the same matching (:meth:`ImageRecord.with_score_threshold`).
+
+    Returns:
+        The scalars, under these names (after ``prefix``): ``mean_precision``, ``mean_sensitivity``,
+        ``mean_f1``, ``class_<c>_precision|sensitivity|f1``, ``localization_precision|sensitivity|f1``,
+        ``classification_accuracy``, ``classification_mean_accuracy|precision|sensitivity|specificity|f1``,
+        ``metastasis_image_accuracy|precision|recall|specificity|f1``, the same for ``metastasis_patient_``,
+        ``ap``, ``ap50``, ``ap75``, ``froc_cpm``, ``froc_sensitivity_at_<rate>`` (rates 0.125 … 8),
+        ``pixel_dice|precision|sensitivity``, ``best_mean_f1`` and ``best_mean_f1_threshold`` (the top of
+        :func:`score_threshold_curve`, optimistic); with ``operating_threshold`` also ``operating_threshold``
+        and every thresholded name again as ``operating_<name>``; the detail; the per-image rows (at the
+        operating threshold when given).
+    """
+    scalars, detail = thresholded_metrics(records, num_classes, malignant_label)
+    coco = coco_ap(records, num_classes, max_detections)  # ranking metrics: every prediction
+    curve = froc(records)
+    threshold_curve = score_threshold_curve(records, num_classes)
+    scalars = {
+        **scalars,
+        **{k: coco[k] for k in ("ap", "ap50", "ap75")},
+        "froc_cpm": curve["cpm"],
+        **{f"froc_sensitivity_at_{_rate_name(r)}": s for r, s in curve["operating_points"].items()},
+        "best_mean_f1": threshold_curve["best_mean_f1"],
+        "best_mean_f1_threshold": threshold_curve["best_threshold"],
+    }
+    detail = {"images": len(records), **detail, "coco": coco, "froc": curve, "score_threshold_curve": threshold_curve}
+    rows = records
+    if operating_threshold is not None:
+        rows = [r.with_score_threshold(float(operating_threshold)) for r in records]
+        operating_scalars, operating_detail = thresholded_metrics(rows, num_classes, malignant_label)
+        scalars["operating_threshold"] = float(operating_threshold)
+        scalars.update({f"operating_{k}": v for k, v in operating_scalars.items()})
+        detail["operating_point"] = {"threshold": float(operating_threshold), **operating_detail}
+    per_image = per_image_rows([r.at_operating_point() for r in rows], malignant_label)
+    return EvaluationResult({f"{prefix}{k}": float(v) for k, v in scalars.items()}, detail, per_image)
 
 
 def evaluate_lesions(
@@ -395,6 +433,7 @@ def evaluate_lesions(
     prefix: str = "",
     max_detections: int = 100,
     score_threshold: float = 0.0,
+    operating_threshold: float | None = None,
 ) -> EvaluationResult:
     """All metrics of the module docstring on per-image prediction and target dicts.
 
@@ -408,9 +447,10 @@ def evaluate_lesions(
         prefix: put before every scalar name.
         max_detections: COCO ``maxDets``.
         score_threshold: operating point of the thresholded metrics (AP and FROC use every prediction).
+        operating_threshold: a second operating point for the thresholded metrics (``operating_`` names).
     """
     records = image_records(predictions, targets, iou_threshold, patient_ids, score_threshold)
-    return evaluate_records(records, num_classes, malignant_label, prefix, max_detections)
+    return evaluate_records(records, num_classes, malignant_label, prefix, max_detections, operating_threshold)
 
 
 class LesionMetrics(Metric):
@@ -435,6 +475,9 @@ class LesionMetrics(Metric):
         max_detections: COCO ``maxDets``.
         score_threshold: operating point of the thresholded metrics (Tables 4–7, pixel scores); AP and FROC
             use every prediction.
+        operating_threshold: the model's own operating threshold; when given, the thresholded metrics are
+            reported at it too, as ``<prefix>operating_<name>`` (``evaluate.json``: at the threshold stored
+            with the model, beside the thesis's 0.7 under the plain names).
     """
 
     def __init__(
@@ -447,8 +490,10 @@ class LesionMetrics(Metric):
         device: str | torch.device = "cpu",
         max_detections: int = 100,
         score_threshold: float = 0.0,
+        operating_threshold: float | None = None,
     ) -> None:
         self.num_classes, self.iou_threshold, self.score_threshold = num_classes, iou_threshold, score_threshold
+        self.operating_threshold = None if operating_threshold is None else float(operating_threshold)
         self.malignant_label, self.prefix, self.max_detections = malignant_label, prefix, max_detections
         self.last_result: EvaluationResult | None = None
         super().__init__(
@@ -474,6 +519,6 @@ class LesionMetrics(Metric):
         gathered = idist.all_gather(self._records) if idist.get_world_size() > 1 else [self._records]
         records = [r for part in gathered for r in part]
         self.last_result = evaluate_records(
-            records, self.num_classes, self.malignant_label, self.prefix, self.max_detections
+            records, self.num_classes, self.malignant_label, self.prefix, self.max_detections, self.operating_threshold
         )
         return self.last_result.scalars

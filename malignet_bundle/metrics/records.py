@@ -8,7 +8,9 @@ labels, scores, the matched pairs, the encodings (for COCO AP) and pixel counts 
 A record keeps every prediction it is given, for the ranking metrics (COCO AP, FROC), and its operating
 ``score_threshold`` (Table 11: 0.7) for the metrics of a deployed detector (Tables 4–7, pixel scores):
 :meth:`ImageRecord.at_operating_point` drops what scores below it. Greedy matching in descending score makes
-that the same as matching only the predictions above the threshold.
+that the same as matching only the predictions above the threshold; :meth:`ImageRecord.with_score_threshold`
+moves the operating point of a record (its pixel counts are recomputed from the encodings), so one matching
+serves several operating points (the model's own threshold and the thesis's 0.7).
 
 A record takes a few kB (about 7 kB with 100 detections of a 320 × 320 view), so a whole test set fits in
 memory and can be pickled across ranks.
@@ -22,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pycocotools import mask as mask_utils
 
 from malignet_bundle.metrics.lesion import binarize_masks, encode_masks, greedy_match, rle_iou
 
@@ -74,6 +77,25 @@ class ImageRecord:
         flags[[p for p, _ in self.pairs]] = True
         return flags
 
+    def with_score_threshold(self, score_threshold: float) -> ImageRecord:
+        """This record with its operating point at ``score_threshold`` (itself if it already is there).
+
+        The matching does not depend on the operating point; the pixel counts do, and are recomputed from the
+        run-length encodings, as :func:`image_records` would have computed them at ``score_threshold``.
+        """
+        if score_threshold == self.score_threshold:
+            return self
+        shape = (self.height, self.width)
+        counts = _pixel_counts(
+            _decode(self.pred_rles, shape),
+            _decode(self.gt_rles, shape),
+            self.pred_labels,
+            self.gt_labels,
+            self.pred_scores,
+            score_threshold,
+        )
+        return replace(self, score_threshold=score_threshold, **counts)
+
     def at_operating_point(self) -> ImageRecord:
         """This record with only the predictions scoring at least ``score_threshold`` (itself if all do)."""
         keep = self.pred_scores >= self.score_threshold
@@ -110,6 +132,29 @@ def _pixel_class_counts(pred: np.ndarray, gt: np.ndarray) -> dict[int, tuple[int
         p, g = pred == c, gt == c
         counts[int(c)] = (int((p & g).sum()), int((p & ~g).sum()), int((~p & g).sum()))
     return counts
+
+
+def _decode(rles: Sequence[dict], shape: tuple[int, int]) -> np.ndarray:
+    """COCO run-length encodings → (N, H, W) bool masks."""
+    if len(rles) == 0:
+        return np.zeros((0, *shape), dtype=bool)
+    return np.moveaxis(mask_utils.decode(list(rles)), -1, 0).astype(bool)
+
+
+def _pixel_counts(
+    pm: np.ndarray, gm: np.ndarray, pred_labels: np.ndarray, gt_labels: np.ndarray, scores: np.ndarray, threshold: float
+) -> dict[str, Any]:
+    """The pixel fields of an :class:`ImageRecord` with the predictions scoring at least ``threshold``."""
+    operating = scores >= threshold
+    pu, gu = pm[operating].any(0), gm.any(0)
+    pred_sem = semantic_map(pm[operating], pred_labels[operating], scores[operating], pu.shape)
+    gt_sem = semantic_map(gm, gt_labels, -np.arange(len(gm)), gu.shape)
+    return {
+        "pixel_tp": int((pu & gu).sum()),
+        "pixel_fp": int((pu & ~gu).sum()),
+        "pixel_fn": int((~pu & gu).sum()),
+        "pixel_class": _pixel_class_counts(pred_sem, gt_sem),
+    }
 
 
 def _image_id(target: Mapping[str, Any]) -> str:
@@ -156,10 +201,6 @@ def image_records(
         pairs = greedy_match(rle_iou(pred_rles, gt_rles), scores, iou_threshold)
         pred_labels = torch.as_tensor(pred["labels"]).detach().cpu().numpy().astype(np.int64)
         gt_labels = torch.as_tensor(target["labels"]).detach().cpu().numpy().astype(np.int64)
-        operating = scores >= score_threshold
-        pu, gu = pm[operating].any(0), gm.any(0)
-        pred_sem = semantic_map(pm[operating], pred_labels[operating], scores[operating], pu.shape)
-        gt_sem = semantic_map(gm, gt_labels, -np.arange(len(gm)), gu.shape)
         patient = patient_ids[k] if patient_ids is not None else target.get("patient_id")
         records.append(
             ImageRecord(
@@ -167,14 +208,11 @@ def image_records(
                 pred_scores=scores,
                 gt_labels=gt_labels,
                 pairs=pairs,
-                height=int(pu.shape[0]),
-                width=int(pu.shape[1]),
+                height=int(gm.shape[1]),
+                width=int(gm.shape[2]),
                 pred_rles=pred_rles,
                 gt_rles=gt_rles,
-                pixel_tp=int((pu & gu).sum()),
-                pixel_fp=int((pu & ~gu).sum()),
-                pixel_fn=int((~pu & gu).sum()),
-                pixel_class=_pixel_class_counts(pred_sem, gt_sem),
+                **_pixel_counts(pm, gm, pred_labels, gt_labels, scores, score_threshold),
                 patient_id=None if patient is None else str(patient),
                 image_id=_image_id(target),
                 score_threshold=score_threshold,
