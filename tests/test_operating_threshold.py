@@ -1,9 +1,10 @@
-"""The operating threshold: chosen in validation, stored beside model.pt, read back."""
+"""The operating threshold: chosen in validation, stored beside model.pt, used by evaluation unless overridden."""
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 
 import pytest
 import torch
@@ -213,3 +214,52 @@ def test_training_stores_the_validation_threshold_beside_model_pt(tiny, trained)
     assert record["val_mean_f1_curve"][record["thresholds"].index(0.7)] == record["val_mean_f1_at_0.7"]
     assert record["val_mean_f1_at_threshold"] == max(record["val_mean_f1_curve"])
     assert f"{tiny / 'operating' / 'model.json'}: operating threshold" in log
+
+
+def _evaluate(tiny, ckpt: str, out: str, *extra: str):  # noqa: F811
+    extra = ("--output_dir", str(tiny / out), *extra)
+    result = _train(tiny, ckpt, "train.json", "evaluate.json", extra=extra, run_id="evaluating")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    report = tiny / out / "evaluation"
+    return json.loads((report / "metrics.json").read_text()), (report / "metrics.md").read_text(), result
+
+
+def test_evaluation_uses_the_stored_threshold_unless_told_and_reports_0_7_beside(tiny, trained):  # noqa: F811
+    """Tables 4–7 at the stored threshold (or --score_threshold, or 0.7 without one) and always at 0.7."""
+    for name in ("stored", "bare"):
+        (tiny / name).mkdir()
+        shutil.copyfile(tiny / "operating" / "model.pt", tiny / name / "model.pt")
+    write_operating_point(tiny / "stored" / "model.pt", _choice(0.35), epoch=4)
+
+    stored, markdown, _ = _evaluate(tiny, "stored", "eval_stored")
+    operating = stored["thresholds"]["operating"]
+    assert (operating["threshold"], operating["origin"]) == (0.35, "validation")
+    assert str(tiny / "stored" / "model.json") in operating["source"] and "epoch 4" in operating["source"]
+    assert stored["thresholds"]["protocol"]["threshold"] == 0.7
+    assert stored["metrics"]["test_operating_threshold"] == 0.35
+    assert {"test_mean_f1", "test_operating_mean_f1", "test_operating_metastasis_patient_f1"} <= set(stored["metrics"])
+    assert "Lesion instance segmentation (Table 4) at the operating threshold 0.35" in markdown
+    assert "Lesion instance segmentation (Table 4) at the protocol threshold 0.7" in markdown
+    assert "Operating threshold 0.35: " + str(tiny / "stored" / "model.json") in markdown
+
+    told, _, _ = _evaluate(tiny, "stored", "eval_told", "--score_threshold", "0.05")
+    operating = told["thresholds"]["operating"]
+    assert (operating["threshold"], operating["origin"]) == (0.05, "override")
+    bare, markdown, result = _evaluate(tiny, "bare", "eval_bare")
+    assert "no model.json beside" in result.stderr + result.stdout
+    operating = bare["thresholds"]["operating"]
+    assert (operating["threshold"], operating["origin"]) == (0.7, "default")
+    assert bare["detail"]["operating_point"]["segmentation"] == bare["detail"]["segmentation"]
+    assert "Operating threshold 0.7: default 0.7: no model.json beside model.pt" in markdown
+
+    # the protocol figures do not move with the operating threshold; those at the operating threshold do
+    protocol = {k: v for k, v in stored["metrics"].items() if "operating" not in k}
+    for other in (told, bare):
+        assert {k: v for k, v in other["metrics"].items() if "operating" not in k} == pytest.approx(
+            protocol, nan_ok=True
+        )
+    predicted = {
+        name: sum(v["predicted"] for v in run["detail"]["operating_point"]["segmentation"]["per_class"].values())
+        for name, run in (("0.05", told), ("0.35", stored), ("0.7", bare))
+    }
+    assert predicted["0.05"] >= predicted["0.35"] >= predicted["0.7"] and predicted["0.05"] > 0

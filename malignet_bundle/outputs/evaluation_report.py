@@ -112,13 +112,21 @@ def plot_froc(
     save_figure(fig, path)
 
 
-def plot_score_threshold_curve(curve: Mapping[str, Any], operating_threshold: float, path: str | os.PathLike) -> None:
+def plot_score_threshold_curve(
+    curve: Mapping[str, Any],
+    operating_threshold: float,
+    path: str | os.PathLike,
+    protocol_threshold: float | None = None,
+) -> None:
     """Mean F1 (Table 4) and localization F1 (Table 5) against the detection confidence threshold.
 
     Args:
         curve: :func:`~malignet_bundle.metrics.evaluation.score_threshold_curve`'s result.
-        operating_threshold: the operating point the tables use (Table 11: 0.7), drawn as a vertical line.
+        operating_threshold: the operating point the tables use (the model's own, or Table 11's 0.7), drawn as
+            a vertical line.
         path: PNG to write.
+        protocol_threshold: the thesis's fixed threshold (0.7) the tables are also given at, drawn as a
+            second line; None when it is the operating point.
     """
     import matplotlib
 
@@ -128,7 +136,9 @@ def plot_score_threshold_curve(curve: Mapping[str, Any], operating_threshold: fl
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ax.plot(curve["thresholds"], curve["mean_f1"], marker="o", markersize=3, label="mean F1 (Table 4)")
     ax.plot(curve["thresholds"], curve["localization_f1"], marker="s", markersize=3, label="localization F1")
-    ax.axvline(operating_threshold, color="grey", linestyle="--", label=f"operating point {operating_threshold:g}")
+    ax.axvline(operating_threshold, color="black", linestyle="--", label=f"operating point {operating_threshold:g}")
+    if protocol_threshold is not None:
+        ax.axvline(protocol_threshold, color="grey", linestyle=":", label=f"thesis protocol {protocol_threshold:g}")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("detection confidence threshold")
@@ -155,6 +165,22 @@ def markdown_tables(per_class: Mapping[str, Mapping[str, float]], columns: Seque
     return "\n".join(lines) + "\n"
 
 
-def write_metrics_json(scalars: Mapping[str, float], detail: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """``{"metrics": scalars, "detail": detail}`` as JSON (numpy values turned into plain numbers)."""
-    write_json_atomic({"metrics": to_json_types(scalars), "detail": to_json_types(detail)}, path)
+def write_metrics_json(
+    scalars: Mapping[str, float],
+    detail: Mapping[str, Any],
+    path: str | os.PathLike,
+    thresholds: Mapping[str, Any] | None = None,
+) -> None:
+    """``{"metrics": scalars, "thresholds": thresholds, "detail": detail}`` as JSON (numpy values as numbers).
+
+    Args:
+        scalars: the flat metrics.
+        detail: the nested per-family results.
+        path: JSON file to write.
+        thresholds: which confidence threshold each set of metrics uses and where it came from (left out
+            when None).
+    """
+    content = {"metrics": to_json_types(scalars)}
+    if thresholds is not None:
+        content["thresholds"] = to_json_types(thresholds)
+    write_json_atomic({**content, "detail": to_json_types(detail)}, path)
