@@ -209,10 +209,11 @@ def inference_models(tmp_path_factory, synthetic_dataset, class_map):
     return folder
 
 
-def _infer(models, cwd, *args: str) -> subprocess.CompletedProcess:
-    """``monai.bundle run`` with ``inference.json`` (score threshold 0, no progress bar) and ``args``."""
+def _infer(models, cwd, *args: str, score_threshold: str | None = "0.0") -> subprocess.CompletedProcess:
+    """``monai.bundle run`` with ``inference.json`` (score threshold 0 unless told; no progress bar) and ``args``."""
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(ROOT / "configs" / "inference.json")]
-    command += ["--bundle_root", str(ROOT), "--ckpt_dir", str(models), "--score_threshold", "0.0"]
+    command += ["--bundle_root", str(ROOT), "--ckpt_dir", str(models)]
+    command += ["--score_threshold", score_threshold] if score_threshold is not None else []
     command += ["--progress", "false", *args]
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd)
 
@@ -242,6 +243,8 @@ def test_inference_json_writes_all_outputs_and_skips_a_broken_study(tmp_path, sy
     assert not [n for n in names if n.startswith(".tmp")]
     report = json.loads((out / "report.json").read_text())
     assert report["lesions"], "an untrained network at score threshold 0 still returns detections"
+    # --score_threshold is used and said to be (inference_models has no model.json to override here)
+    assert report["model"]["score_threshold"] == 0.0 and report["model"]["operating_point"]["origin"] == "override"
     for view in ("anterior", "posterior"):
         reported = [les for les in report["lesions"] if les["view"] == view]
         classes = json.loads((out / f"{view}_instances.classes.json").read_text())
@@ -304,3 +307,79 @@ def test_inference_never_writes_into_its_inputs_nor_reads_its_outputs(tmp_path, 
     assert summary == {"written": ["MINE"], "skipped": []}
     report = json.loads((tmp_path / "out3" / "MINE" / "report.json").read_text())
     assert str(listed / "studies" / "mine.dcm") in json.dumps(report)
+
+
+def _models_with_threshold(inference_models: Path, folder: Path, threshold: float | None = None) -> Path:
+    """``inference_models``' files in ``folder``; with a ``threshold``, a ``model.json`` storing it as training does."""
+    from malignet_bundle.engines.operating_point import write_operating_point
+    from malignet_bundle.metrics.operating_point import choose_operating_threshold
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("model.pt", "chest_detector.pt"):
+        if not (folder / name).is_file():
+            shutil.copyfile(inference_models / name, folder / name)
+    if threshold is not None:
+        choice = choose_operating_threshold([threshold, 0.7], [0.5, 0.1])  # validation did best at ``threshold``
+        write_operating_point(folder / "model.pt", choice, epoch=3)
+    return folder
+
+
+def _median(scores: list[float]) -> float:
+    """A threshold that keeps about half of ``scores`` (an untrained network's lie in a narrow band)."""
+    return round(float(np.median(scores)), 6)
+
+
+def _report(out: Path) -> dict:
+    (study,) = json.loads((out / "summary.json").read_text())["written"]
+    return json.loads((out / study / "report.json").read_text())
+
+
+def test_inference_uses_the_threshold_stored_with_the_model_unless_told(tmp_path, synthetic_dataset, inference_models):
+    """report.json says which threshold was used and where it came from: 0.7 without model.json, else its own."""
+    datalist = load_datalist(synthetic_dataset / "datalist.json")
+    study = str(synthetic_dataset / datalist["test"][0]["image"])
+    models = _models_with_threshold(inference_models, tmp_path / "models")
+    logging_conf = ROOT / "configs" / "logging.conf"
+
+    def run(name: str) -> dict:
+        args = ("--input", study, "--output_dir", str(tmp_path / name), "--logging_file", str(logging_conf))
+        result = _infer(models, tmp_path, *args, score_threshold=None)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return {**_report(tmp_path / name), "log": result.stdout + result.stderr}
+
+    bare = run("bare")  # no model.json: the thesis's 0.7, said in the log and the report
+    assert "no model.json beside" in bare["log"]
+    assert bare["model"]["score_threshold"] == 0.7 and bare["model"]["operating_point"]["origin"] == "default"
+    scores = [lesion["score"] for lesion in bare["lesions"]]
+    assert len(set(scores)) > 1 and min(scores) >= 0.7
+
+    threshold = _median(scores)
+    _models_with_threshold(inference_models, models, threshold)
+    stored = run("stored")
+    point = stored["model"]["operating_point"]
+    assert stored["model"]["score_threshold"] == threshold == point["threshold"]
+    assert point["origin"] == "validation" and str(models / "model.json") in point["source"]
+    kept = [lesion for lesion in bare["lesions"] if lesion["score"] >= threshold]
+    assert [les["score"] for les in stored["lesions"]] == [les["score"] for les in kept] and len(kept) < len(scores)
+
+    # an explicit --score_threshold: test_inference_json_writes_all_outputs_and_skips_a_broken_study
+
+
+def test_the_label_infer_task_uses_the_stored_threshold_unless_told(tmp_path, synthetic_dataset, inference_models):
+    from malignet_bundle.engines.label_tasks import infer_study
+
+    datalist = load_datalist(synthetic_dataset / "datalist.json")
+    study = synthetic_dataset / datalist["test"][0]["image"]
+    models = _models_with_threshold(inference_models, tmp_path / "models")
+    bare = infer_study(study, tmp_path / "bare", ROOT, models, device="cpu")
+    assert bare["score_threshold"] == 0.7 and bare["operating_point"]["origin"] == "default"
+    threshold = _median([lesion["score"] for lesion in bare["lesions"]])
+    _models_with_threshold(inference_models, models, threshold)
+    stored = infer_study(study, tmp_path / "stored", ROOT, models, device="cpu")
+    assert stored["score_threshold"] == threshold and stored["operating_point"]["origin"] == "validation"
+    assert 0 < len(stored["lesions"]) < len(bare["lesions"])
+    assert all(lesion["score"] >= threshold for lesion in stored["lesions"])
+    assert json.loads((tmp_path / "stored" / "result.json").read_text())["operating_point"] == stored["operating_point"]
+    told = infer_study(study, tmp_path / "told", ROOT, models, score_threshold=0.7, device="cpu")
+    assert told["score_threshold"] == 0.7 and told["operating_point"]["origin"] == "override"
+    assert len(told["lesions"]) == len(bare["lesions"])

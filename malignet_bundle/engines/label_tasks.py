@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,10 +19,11 @@ from typing import Any
 
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from malignet_bundle.atomic_io import write_atomic, write_json_atomic
+from malignet_bundle.atomic_io import write_json_atomic
 from malignet_bundle.data.class_map import ClassMap
 from malignet_bundle.data.label_store import datalist_from_label_maps
 from malignet_bundle.engines.inference import StudyInput, load_weights
+from malignet_bundle.engines.operating_point import OperatingPoint, copy_model, read_operating_point
 from malignet_bundle.outputs.label_map import study_label_map, write_label_map
 from malignet_bundle.outputs.report import build_report
 
@@ -60,7 +60,7 @@ def infer_study(
     bundle_root: str | os.PathLike,
     ckpt_dir: str | os.PathLike,
     overrides: Mapping[str, Any] | None = None,
-    score_threshold: float = 0.7,
+    score_threshold: float | None = None,
     device: str | None = None,
 ) -> dict[str, Any]:
     """Run ``configs/inference.json``'s predictor on one study file; write ``label.nii.gz`` and ``result.json``.
@@ -71,24 +71,27 @@ def infer_study(
         bundle_root: the bundle (its ``configs/``).
         ckpt_dir: folder with ``model.pt`` and ``chest_detector.pt``.
         overrides: bundle config overrides for a non-default network (applied after the paths).
-        score_threshold: detection confidence kept (thesis Table 11: 0.7).
+        score_threshold: detection confidence kept; None (the default): the served model's operating
+            threshold, stored beside it in ``model.json`` when it was trained (0.7, thesis Table 11, without one).
         device: ``"cuda"``/``"cpu"``; default: the config's (cuda when there is one).
 
     Returns:
-        The result: ``label_names``, ``shape`` (frames, rows, columns), ``score_threshold``, ``lesions``
-        (report entries: id, view, class, score, box, centroid, area), ``metastasis`` and ``views``.
+        The result: ``label_names``, ``shape`` (frames, rows, columns), ``score_threshold`` (the one used),
+        ``operating_point`` (``threshold``, ``origin``: override/validation/default, ``source`` in words),
+        ``lesions`` (report entries: id, view, class, score, box, centroid, area), ``metastasis`` and ``views``.
     """
     bundle_root, output_dir = Path(bundle_root), Path(output_dir)
     parser = ConfigParser()
     parser.read_config(str(_config(bundle_root, "inference.json")))
     parser["bundle_root"] = str(bundle_root)
     parser["ckpt_dir"] = str(ckpt_dir)
-    parser["score_threshold"] = float(score_threshold)
+    parser["score_threshold"] = None if score_threshold is None else float(score_threshold)
     if device:
         parser["device"] = f"$torch.device('{device}')"
     for key, value in _applicable(overrides, _config(bundle_root, "inference.json")).items():
         parser[key] = value
     predictor = parser.get_parsed_content("predictor")
+    operating_point: OperatingPoint = parser.get_parsed_content("operating_point")
     class_map: ClassMap = parser.get_parsed_content("class_map")
     study_id = Path(image).name.removesuffix(".dcm")
     prediction = predictor.predict_study(StudyInput(study_id, [{"image": str(image), "view": None}]))
@@ -100,13 +103,20 @@ def infer_study(
     result = {
         "label_names": {name: k + 1 for k, name in enumerate(class_map.names)},
         "shape": list(label_map.shape),
-        "score_threshold": float(score_threshold),
+        "score_threshold": operating_point.threshold,
+        "operating_point": operating_point.as_dict(),
         "lesions": report["lesions"],
         "metastasis": report["metastasis"],
         "views": report["views"],
     }
     write_json_atomic(result, output_dir / "result.json")
-    logger.info("%s: %d lesions at score >= %.2f", study_id, len(result["lesions"]), score_threshold)
+    logger.info(
+        "%s: %d lesions at score >= %.2f (%s)",
+        study_id,
+        len(result["lesions"]),
+        operating_point.threshold,
+        operating_point.source,
+    )
     return result
 
 
@@ -129,7 +139,8 @@ def train_on_datastore(
     validation mean F1 is not worse than the served model's, both evaluated by :func:`validation_f1` on this
     training's validation split: a metric recorded by an earlier training would be on another split, since
     the split grows with every saved label. Otherwise the served file is left untouched and the new model
-    is written beside it as ``model_candidate_<time>.pt``.
+    is written beside it as ``model_candidate_<time>.pt``. The model's operating threshold (``model.json``,
+    chosen in that training's validation) goes with it, written after the model.
 
     Args:
         manifest: ``{"labeled": [[id, image, label map], ...], "unlabeled": [[id, image], ...]}``.
@@ -147,7 +158,9 @@ def train_on_datastore(
 
     Returns:
         ``replaced`` (bool), ``candidate`` (the kept model's path, or None), ``decision`` (why, in words),
-        ``val_mean_f1`` and ``served_val_mean_f1`` (None without a served model) on the validation split,
+        ``val_mean_f1`` and ``served_val_mean_f1`` (None without a served model) on the validation split
+        (each model's mean F1 at the threshold it chooses there, :func:`validation_f1`), the new model's
+        ``operating_threshold`` (None if it has no ``model.json``),
         the counts of views used, epochs, the training's best validation mean F1, and ``model`` (the
         served file).
 
@@ -216,13 +229,14 @@ def train_on_datastore(
     trained_f1 = validation_f1(config_files, trained)
     replace, decision = _replace_decision(trained_f1, served_f1, served_error, len(datalist["validation"]))
     if replace:
-        # the server reads the new weights only once they are whole
-        write_atomic(served, lambda tmp: shutil.copyfile(trained, tmp))
+        # the server reads the new weights only once they are whole, and their threshold only after them
+        copy_model(trained, served)
         candidate = None
     else:
         candidate = _candidate_path(ckpt_dir)
-        write_atomic(candidate, lambda tmp: shutil.copyfile(trained, tmp))
+        copy_model(trained, candidate)
         decision += f"; the new model is kept beside it as {candidate.name}"
+    stored = read_operating_point(trained)
     logger.info("%s", decision)
     result = {
         "model": str(served),
@@ -231,6 +245,7 @@ def train_on_datastore(
         "decision": decision,
         "val_mean_f1": trained_f1,
         "served_val_mean_f1": served_f1,
+        "operating_threshold": stored["operating_threshold"] if stored else None,
         "work_dir": str(work_dir),
         "labeled_views": len(datalist["labeled"]),
         "validation_views": len(datalist["validation"]),
@@ -244,11 +259,13 @@ def train_on_datastore(
 
 
 def validation_f1(config_files: Sequence[str | os.PathLike], weights: str | os.PathLike) -> float:
-    """The key validation metric (``val_mean_f1``) of a model file on the validation split of a training config.
+    """The key validation metric of a model file on the validation split of a training config.
 
     The training's own evaluator config (``validate#…``: data, transforms, metric, device) with the given
     weights, and without its handlers, so the evaluation writes nothing. Two models evaluated by this on the
-    same config are compared on the same views by the same metric.
+    same config are compared on the same views by the same metric: with ``train.json``'s
+    ``val_operating_mean_f1``, each model's mean F1 at the confidence threshold it does best at on these
+    views (the one it would store), not both at a fixed 0.7.
 
     Args:
         config_files: the training's config files (``train.json`` and its overrides).
