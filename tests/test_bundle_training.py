@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 import subprocess
 import sys
 
@@ -389,3 +391,37 @@ def test_sigkill_while_writing_model_pt_leaves_the_previous_one_intact(tiny):
     run = _start(tiny, "killed_best", 1, tiny / "killed_best.log")
     _kill_when(run, lambda: any(p.name.endswith(".model.pt") for p in ckpt.glob(f"{TEMP_PREFIX}*")), "a model.pt write")
     assert (ckpt / "model.pt").read_bytes() == before
+
+
+def test_cpu_json_is_one_network_for_train_baseline_evaluate_and_inference(tiny):
+    """configs/cpu.json (the CPU-sized network) merges after any config; what train writes, the others load."""
+    runs = tiny / "cpu_runs"
+    trained = _train(tiny, "cpu", "train.json", "cpu.json")
+    assert trained.returncode == 0, (trained.stdout + trained.stderr)[-4000:]
+    cpu = json.loads((ROOT / "configs" / "cpu.json").read_text())
+    network = {k.split("#", 1)[1]: v for k, v in cpu.items() if k.startswith("network_def#")}
+    state = torch.load(tiny / "cpu" / "model.pt", weights_only=True)
+    MaligNet(image_size=96, **network).load_state_dict(state)  # ResNet-18, 64-channel pyramid, …
+    assert state["backbone.fpn.layer_blocks.0.0.weight"].shape[0] == cpu["network_def#pyramid_channels"]
+
+    # with the forward under bfloat16 autocast, the CPU speed option (docs/BENCHMARKS.md): finite losses
+    bf16 = ("--bf16_on_cpu", "true")
+    baseline = _train(tiny, "cpu_baseline", "train.json", "baseline.json", "cpu.json", extra=bf16)
+    log = baseline.stdout + baseline.stderr
+    assert baseline.returncode == 0, log[-4000:]
+    losses = [float(v) for v in re.findall(r"-- loss: (\S+)", log)]
+    assert losses and all(math.isfinite(v) for v in losses)
+    MaligNet(image_size=96, ladder=False, global_features=False, **network).load_state_dict(
+        torch.load(tiny / "cpu_baseline" / "model.pt", weights_only=True)
+    )
+
+    extra = ("--output_dir", str(runs), "--network_def#box_score_thresh", "0.0")
+    evaluated = _train(tiny, "cpu", "train.json", "evaluate.json", "cpu.json", extra=extra, run_id="evaluating")
+    assert evaluated.returncode == 0, (evaluated.stdout + evaluated.stderr)[-4000:]
+    assert json.loads((runs / "evaluation" / "metrics.json").read_text())["detail"]["images"] == 2
+
+    extra = ("--output_dir", str(runs / "inference"), "--score_threshold", "0.0", "--progress", "false")
+    inferred = _train(tiny, "cpu", "inference.json", "cpu.json", extra=extra, run_id="inferring")
+    assert inferred.returncode == 0, (inferred.stdout + inferred.stderr)[-4000:]
+    summary = json.loads((runs / "inference" / "summary.json").read_text())
+    assert len(summary["written"]) == 1 and not summary["skipped"]
