@@ -19,6 +19,7 @@ import os
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -128,20 +129,13 @@ class FinishedRunError(RuntimeError):
     """Training was asked to resume a run that has already trained every epoch it was asked for."""
 
 
+@dataclass(frozen=True)
 class CheckpointState:
-    """Where a training checkpoint stands: file, epoch and iteration.
+    """Where a training checkpoint stands: file, completed epochs and completed iterations."""
 
-    Args:
-        path: the checkpoint file.
-        epoch: completed epochs.
-        iteration: completed iterations.
-    """
-
-    def __init__(self, path: Path, epoch: int, iteration: int) -> None:
-        self.path, self.epoch, self.iteration = path, epoch, iteration
-
-    def __repr__(self) -> str:
-        return f"CheckpointState({str(self.path)!r}, epoch={self.epoch}, iteration={self.iteration})"
+    path: Path
+    epoch: int
+    iteration: int
 
 
 def read_checkpoint_state(path: str | os.PathLike) -> CheckpointState:
@@ -216,7 +210,8 @@ def prepare_resume(ckpt_dir: str | os.PathLike, epochs: int, resume: bool = True
         key=_epoch_in_name,
     )
     if not resume:
-        previous = candidates + ([ckpt_dir / "model.pt"] if (ckpt_dir / "model.pt").is_file() else [])
+        # the best model and its operating-threshold sidecar belong to the earlier run too
+        previous = candidates + [ckpt_dir / n for n in ("model.pt", "model.json") if (ckpt_dir / n).is_file()]
         if previous and _is_rank0():
             archive = _archive(ckpt_dir, previous)
             logger.warning("starting over (resume false): %d earlier files moved to %s", len(previous), archive)

@@ -22,6 +22,7 @@ import numpy as np
 import pydicom
 import torch
 import torch.nn.functional as F
+from monai.utils.misc import str2bool
 
 from malignet_bundle.data.class_map import ClassMap
 from malignet_bundle.data.datalist import load_datalist, resolve_items
@@ -330,7 +331,7 @@ def run_inference(
     output_dir: str | os.PathLike,
     model: Mapping[str, Any] | None = None,
     dicom_seg: bool = True,
-    progress: bool = True,
+    progress: bool | str = True,
     roots: Sequence[str | os.PathLike] = (),
 ) -> dict[str, list]:
     """Predict and write every study; a study that cannot be read is logged with its reason and skipped.
@@ -347,7 +348,7 @@ def run_inference(
     write_bytes_atomic(b"", Path(output_dir) / OUTPUT_MARKER)
     summary: dict[str, list] = {"written": [], "skipped": []}
     iterator: Any = studies
-    if progress:
+    if str2bool(progress):  # the command line's --progress false arrives as the string "false"
         from tqdm import tqdm
 
         iterator = tqdm(studies, desc="inference", unit="study")
