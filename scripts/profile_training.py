@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from malignet_bundle.atomic_io import write_json_atomic
-from malignet_bundle.experiments.training_profile import format_breakdown, profile_training
+from malignet_bundle.experiments.training_profile import compare_settings, format_breakdown, profile_training
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,6 +23,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--operators", type=int, default=15, help="top operators by torch.profiler (0: none)")
     parser.add_argument("--overrides", default=None, help="JSON object of extra bundle config overrides")
+    parser.add_argument(
+        "--compare",
+        default=None,
+        help="JSON {label: overrides}: throughput ratios of these settings, interleaved (first = reference), "
+        'e.g. \'{"as is": {}, "bf16": {"bf16_on_cpu": true}}\'',
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="with --compare: profiles per setting")
     parser.add_argument("--json", default=None, help="write the results here (default: <work_dir>/profile.json)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -40,6 +47,17 @@ def main(argv: list[str] | None = None) -> None:
         class_map = ClassMap.from_metadata(Path(__file__).resolve().parents[1] / "configs" / "metadata.json")
         train_chest_detector(load_datalist(data / "datalist.json"), data, class_map, detector, epochs=2)
     overrides = json.loads(args.overrides) if args.overrides else None
+    if args.compare:
+        settings = {label: {**(overrides or {}), **extra} for label, extra in json.loads(args.compare).items()}
+        ratios = compare_settings(
+            data, detector, work / "trainers", settings, args.steps, args.warmup, args.rounds, args.threads
+        )
+        print("| setting | Mask R-CNN img/s | ratio | MaligNet img/s | ratio |\n|---|---|---|---|---|")
+        for label, models in ratios.items():
+            m, g = models["maskrcnn"], models["malignet"]
+            print(f"| {label} | {m['median']:.2f} | {m['ratio']:.2f}x | {g['median']:.2f} | {g['ratio']:.2f}x |")
+        write_json_atomic({"args": vars(args), "compare": ratios}, args.json or work / "compare.json")
+        return
     results = profile_training(
         data, detector, work / "trainers", args.steps, args.warmup, args.threads, overrides, args.operators
     )

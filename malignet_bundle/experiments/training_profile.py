@@ -18,9 +18,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-__all__ = ["COMPONENTS", "CPU_NETWORK", "StepTimer", "profile_training", "format_breakdown"]
+__all__ = ["COMPONENTS", "CPU_NETWORK", "StepTimer", "profile_training", "compare_settings", "format_breakdown"]
 
 logger = logging.getLogger(__name__)
 
@@ -273,3 +274,52 @@ def format_breakdown(results: Mapping[str, Mapping[str, Any]], reference: str = 
     ips = " | ".join(f"{results[n]['images_per_second']:.2f} img/s | " for n in names)
     lines.append(f"| labeled images per second | {ips}|")
     return "\n".join(lines)
+
+
+def compare_settings(
+    dataset_dir: Path,
+    chest_detector: Path,
+    work_dir: Path,
+    settings: Mapping[str, Mapping[str, Any]],
+    steps: int = 10,
+    warmup: int = 2,
+    rounds: int = 3,
+    threads: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Training throughput of several override sets, measured in one run, interleaved, as ratios to the first.
+
+    A shared 2-core machine drifts by ±20 % between runs minutes apart (docs/BENCHMARKS.md), so each round
+    profiles every setting once, in turn, and the ratio of medians over rounds is reported.
+
+    Args:
+        dataset_dir: the dataset (as :func:`profile_training`).
+        chest_detector: chest detector weights.
+        work_dir: scratch folder of the trainers.
+        settings: label → bundle overrides; the first is the reference (usually ``{}``).
+        steps: measured steps per profile.
+        warmup: steps before the measurement starts.
+        rounds: how many times each setting is profiled.
+        threads: torch threads (None: torch's choice).
+
+    Returns:
+        per label and model (``maskrcnn``, ``malignet``): ``images_per_second`` per round, their ``median``
+        and ``ratio`` (the median over the reference's median).
+    """
+    samples: dict[str, dict[str, list[float]]] = {label: {} for label in settings}
+    for _ in range(rounds):
+        for label, overrides in settings.items():
+            results = profile_training(dataset_dir, chest_detector, work_dir, steps, warmup, threads, overrides)
+            for model, result in results.items():
+                samples[label].setdefault(model, []).append(result["images_per_second"])
+    reference = next(iter(settings))
+    out: dict[str, dict[str, Any]] = {}
+    for label, models in samples.items():
+        out[label] = {}
+        for model, values in models.items():
+            median = float(np.median(values))
+            out[label][model] = {
+                "images_per_second": values,
+                "median": median,
+                "ratio": median / float(np.median(samples[reference][model])),
+            }
+    return out
