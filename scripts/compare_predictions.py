@@ -20,7 +20,9 @@ from malignet_bundle.outputs.overlay import render_overlay, save_contact_sheet
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config_file", default="configs/inference.json")
+    parser.add_argument(
+        "--config_file", nargs="+", default=["configs/inference.json"], help="configs merged in order (+ cpu.json)"
+    )
     parser.add_argument("--studies", type=int, default=6, help="how many studies (rows)")
     parser.add_argument("--out", required=True, help="PNG to write")
     parser.add_argument("--bundle_root", default=None)

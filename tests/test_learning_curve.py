@@ -45,6 +45,15 @@ def test_smoke_curve_resumes_extends_and_stays_on_its_machine(tmp_path):
     for split in ("validation", "test"):
         assert (out / "curves" / "fpn-s0" / "evaluation" / "step000008" / split / "metrics.json").is_file()
     assert (out / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    # the demo's closing table reads the same metrics.json: both thresholds and the ranking figures
+    metrics = out / "curves" / "fpn-s0" / "evaluation" / "step000008" / "test" / "metrics.json"
+    table = run_script("summarize_evaluation", metrics, "--overlay", "some.png")
+    assert table.returncode == 0, table.stderr[-2000:]
+    point = curve["points"][1]
+    assert f"at the operating threshold {point['threshold']:g}" in table.stdout
+    assert f"| AP50 (any threshold) | {point['ap50']:.3f} |" in table.stdout and "some.png" in table.stdout
+    missing = run_script("summarize_evaluation", tmp_path / "nowhere" / "metrics.json")
+    assert missing.returncode != 0 and "no evaluation found" in missing.stderr
     assert "plateau from step" in (out / "learning_curves.md").read_text()
 
     # a later session extends the same curve: the first two points stay, training resumes at step 8
