@@ -6,15 +6,27 @@ DATA := data/synthetic
 # Small enough for a laptop CPU; scripts/synthesize.py makes thousands when asked.
 DEMO_SPLITS := --labeled 40 --unlabeled 200 --validation 10 --test 20 --seed 0
 MODELS := models
-# CPU-sized schedule: a few epochs at 320x320 (Table 11 trains far longer on a GPU).
-DEMO_EPOCHS ?= 2
+# The network size: `cpu` is configs/cpu.json (ResNet-18, 64-channel pyramid, 192 px crops), the choice for a
+# machine without a GPU; `thesis` is the thesis's ResNet-50 at 320 px (Table 11), for a GPU.
+DEMO_NETWORK ?= cpu
+ifeq ($(DEMO_NETWORK),cpu)
+SIZE_CONFIG := ,'configs/cpu.json'
+endif
+# 40 labeled studies = 80 views = 20 steps an epoch: 45 epochs = 900 steps, where the CPU network finds
+# lesions (docs/BENCHMARKS.md, learning curves); validation every 5 epochs picks model.pt and its threshold
+DEMO_EPOCHS ?= 45
+DEMO_VAL_INTERVAL ?= 5
 CHEST_EPOCHS ?= 25
-BUNDLE := $(PY) -m monai.bundle run training --config_file configs/train.json --logging_file configs/logging.conf
-EVALUATE := $(PY) -m monai.bundle run evaluating --config_file "['configs/train.json','configs/evaluate.json']" \
+BUNDLE := $(PY) -m monai.bundle run training --config_file "['configs/train.json'$(SIZE_CONFIG)]" \
 	--logging_file configs/logging.conf
-INFER := $(PY) -m monai.bundle run inferring --config_file configs/inference.json --logging_file configs/logging.conf
+EVALUATE := $(PY) -m monai.bundle run evaluating \
+	--config_file "['configs/train.json'$(SIZE_CONFIG),'configs/evaluate.json']" --logging_file configs/logging.conf
+INFER := $(PY) -m monai.bundle run inferring --config_file "['configs/inference.json'$(SIZE_CONFIG)]" \
+	--logging_file configs/logging.conf
 # studies of the test split the demo runs whole-body inference on
 DEMO_INFER_STUDIES ?= 4
+# test studies drawn as ground truth beside prediction at the end of the demo
+DEMO_OVERLAY := runs/ground_truth_vs_prediction.png
 # MONAI Label lives in its own environment (requirements-label.txt): it needs pydicom 2, the bundle pydicom 3
 LABEL_VENV := .venv-label
 LABEL_HOST ?= 127.0.0.1
@@ -47,7 +59,8 @@ $(MODELS)/chest_detector.pt: | $(DATA)/datalist.json
 	$(PY) scripts/train_chest_detector.py --dataset_dir $(DATA) --epochs $(CHEST_EPOCHS) --output $@
 
 train: $(VENV)/.installed $(DATA)/datalist.json $(MODELS)/chest_detector.pt
-	$(BUNDLE) --dataset_dir $(DATA) --ckpt_dir $(MODELS) --epochs $(DEMO_EPOCHS) --tracking mlflow --output_dir runs
+	$(BUNDLE) --dataset_dir $(DATA) --ckpt_dir $(MODELS) --epochs $(DEMO_EPOCHS) \
+		--val_interval $(DEMO_VAL_INTERVAL) --tracking mlflow --output_dir runs
 
 evaluate: $(VENV)/.installed
 	$(EVALUATE) --dataset_dir $(DATA) --ckpt_dir $(MODELS) --tracking mlflow --output_dir runs
@@ -74,12 +87,16 @@ demo: $(VENV)/.installed $(DATA)/datalist.json
 	$(MAKE) train
 	$(MAKE) evaluate
 	$(MAKE) infer
+	$(PY) scripts/compare_predictions.py --config_file configs/inference.json $(if $(SIZE_CONFIG),configs/cpu.json) \
+		--dataset_dir $(DATA) --ckpt_dir $(MODELS) --studies $(DEMO_INFER_STUDIES) --out $(DEMO_OVERLAY)
 	@echo "synthetic dataset: $(DATA) (datalist.json, studies/*.dcm, labels/*.json); contact sheet: $(DATA)/contact_sheet.png"
-	@echo "chest detector: $(MODELS)/chest_detector.pt; MaligNet: $(MODELS)/model.pt (best val_mean_f1), $(MODELS)/latest_checkpoint_epoch=*.pt (resume)"
+	@echo "chest detector: $(MODELS)/chest_detector.pt; MaligNet: $(MODELS)/model.pt (best validation mean F1 at its own threshold, stored in model.json), $(MODELS)/latest_checkpoint_epoch=*.pt (resume)"
 	@echo "evaluation on the test split: runs/evaluation/ (metrics.md, metrics.json, per_image.csv, confusion_matrix.png, froc.png)"
 	@echo "whole-body inference: runs/inference/<study>/ (report.json, overlay.png, *_instances.nii.gz, seg_*.dcm)"
 	@echo "MLflow runs (training losses, val_mean_f1, test metrics, hyper-parameters, model.pt): runs/mlruns.db -- view with"
 	@echo "  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///runs/mlruns.db --host 127.0.0.1"
+	@echo
+	@$(PY) scripts/summarize_evaluation.py runs/evaluation/metrics.json --overlay $(DEMO_OVERLAY)
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
