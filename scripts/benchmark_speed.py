@@ -2,7 +2,8 @@
 
 Both models start from identical weights for every part they share (backbone, FPN blocks, RPN, box MLP,
 mask head), and each measurement reports the regions per image the heads processed, because random
-detectors that propose different numbers of regions are not comparable (DESIGN.md §10). Times come from
+detectors that propose different numbers of regions are not comparable: an unpaired comparison once
+showed a meaningless 2.6× because ROI Align and the heads dominate the time. Times come from
 one process per mode in which the two models' steps alternate, so drift of a shared machine hits both;
 peak memory (RSS on CPU, allocator peak on GPU) comes from a fresh process per model.
 """

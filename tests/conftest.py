@@ -32,3 +32,29 @@ def run_script(name: str, *args: object, check: bool = False):
 
     command = [sys.executable, str(ROOT / "scripts" / f"{name}.py"), *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=check)
+
+
+@pytest.fixture
+def colliding_folder(tmp_path: Path) -> Path:
+    """A folder of two single-view files of one study (same StudyInstanceUID) without any view cue.
+
+    The NM reader's frame-order fallback takes each for anterior, so as one study they collide: what a
+    vendor's one-file-per-view export without view codes gives.
+    """
+    import pydicom
+
+    from malignet_bundle.data.class_map import ClassMap
+    from malignet_bundle.data.synthesize import synthesize_study, write_study
+
+    root = tmp_path / "dataset"
+    class_map = ClassMap.from_metadata(ROOT / "configs" / "metadata.json")
+    items = write_study(synthesize_study([11, 2], "PAIR"), root, class_map, layout="single")
+    folder = tmp_path / "collide"
+    folder.mkdir()
+    for item in items:
+        ds = pydicom.dcmread(root / item["image"])
+        for keyword in ("DetectorInformationSequence", "ImageID", "SeriesDescription"):
+            if keyword in ds:
+                delattr(ds, keyword)
+        ds.save_as(folder / f"{item['view']}_copy.dcm", enforce_file_format=True)
+    return folder

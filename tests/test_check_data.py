@@ -163,3 +163,33 @@ def test_checked_datalist_for_training_lets_unreadable_unlabeled_scans_pass_as_w
         checked_datalist(ds_dir / "datalist.json", ds_dir, class_map)
     assert [p for p, _ in info.value.problems] == [str(ds_dir / "studies" / "corrupt.dcm")]
     assert _digest(ds_dir) == before
+
+
+def _check_data(capsys, *args: object) -> tuple[int, list[str]]:
+    """``scripts/check_data.py`` in this process (its imports cost more than the check): exit code, lines."""
+    from scripts.check_data import main
+
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().out.splitlines()
+
+
+def test_inference_mode_reports_colliding_files_and_counts_the_view_fallback(colliding_folder, capsys):
+    """A folder for inference, no labels: both files named, the reason given, fallback views counted."""
+    before = _digest(colliding_folder)
+    code, lines = _check_data(capsys, "--inference", colliding_folder)
+    assert code == 1, lines
+    (error,) = [line for line in lines if line.startswith("ERROR")]
+    assert "anterior_copy.dcm" in error and "posterior_copy.dcm" in error and "both hold the anterior view" in error
+    assert "frame-order fallback" in error
+    assert lines[-1].endswith("1 errors, 2 warnings"), lines[-1]
+    warnings = [line for line in lines if line.startswith("WARNING")]
+    assert len(warnings) == 2 and all("assumed ['anterior'] by frame order" in line for line in warnings)
+    assert _digest(colliding_folder) == before
+
+
+def test_inference_mode_accepts_an_unlabeled_split(synthetic_dataset, capsys):
+    code, lines = _check_data(capsys, "--inference", synthetic_dataset / "datalist.json", "--split", "unlabeled")
+    assert code == 0, lines
+    assert lines[-1] == "checked {'studies': 2, 'files': 2}; 0 errors, 0 warnings"
+    code, lines = _check_data(capsys, "--inference", synthetic_dataset / "datalist.json", "--split", "nonexistent")
+    assert code == 1 and "nonexistent" in lines[0]

@@ -383,3 +383,16 @@ def test_the_label_infer_task_uses_the_stored_threshold_unless_told(tmp_path, sy
     told = infer_study(study, tmp_path / "told", ROOT, models, score_threshold=0.7, device="cpu")
     assert told["score_threshold"] == 0.7 and told["operating_point"]["origin"] == "override"
     assert len(told["lesions"]) == len(bare["lesions"])
+
+
+def test_colliding_files_of_one_study_are_named_and_the_run_fails(colliding_folder, class_map, tmp_path):
+    """Two files of one study that both hold the anterior view: refused with both named, and no exit 0."""
+    from malignet_bundle.engines.inference import NoStudyWrittenError, run_inference
+
+    studies = collect_studies(colliding_folder)
+    assert len(studies) == 1 and len(studies[0].items) == 2  # one StudyInstanceUID
+    predictor = LesionPredictor(OracleNetwork(), lambda item: item)  # never reached: files are checked first
+    with pytest.raises(NoStudyWrittenError, match="both hold the anterior view"):
+        run_inference(studies, predictor, class_map, tmp_path / "out", progress=False)
+    ((study_id, reason),) = json.loads((tmp_path / "out" / "summary.json").read_text())["skipped"]
+    assert "anterior_copy.dcm" in reason and "posterior_copy.dcm" in reason, reason

@@ -1,4 +1,4 @@
-"""Hand-worked cases for every metric family of thesis §3.8 / design §6 (malignet_bundle.metrics)."""
+"""Hand-worked cases for every metric family of thesis §3.8 (malignet_bundle.metrics)."""
 
 from __future__ import annotations
 

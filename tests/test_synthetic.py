@@ -56,7 +56,7 @@ def test_annotated_lesions_are_hot_spots():
 
 
 def test_class_patterns_carry_global_context():
-    """The context rules of DESIGN.md §7 hold over many patients."""
+    """The class context rules of the generator (malignet_bundle/data/lesions.py) hold over many patients."""
     lesions_per_malignant_patient, trauma_runs, symmetric_degenerative, infections = [], [], 0, []
     for i in range(150):
         study = synthesize_study([2, i], "P")

@@ -2,7 +2,11 @@
 
 The same check guards training: :func:`checked_datalist` runs it at header level (no pixel decoded) and
 refuses to return a datalist with errors, so a training stops before its first step with every unusable
-file named, not at the first one its data loader meets.
+file named, not at the first one its data loader meets. :func:`check_inference_inputs` checks what an
+inference run would read instead (a file, a folder or a datalist split, no annotation needed).
+
+A file whose views the NM reader could only assume by frame order (no view code or view text in the header)
+is a warning here, counted in the summary, rather than the reader's Python warning.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +23,16 @@ from malignet_bundle.atomic_io import sha256_file
 from malignet_bundle.data.annotations import AnnotationError, load_annotation
 from malignet_bundle.data.class_map import ClassMap
 from malignet_bundle.data.datalist import SPLITS, DatalistError, load_datalist
-from malignet_bundle.data.nm_dicom import DicomInputError, read_nm_header, read_nm_views
+from malignet_bundle.data.nm_dicom import DicomInputError, InputFileError, read_nm_header, read_nm_views
 
-__all__ = ["Problem", "CheckReport", "check_dataset", "checked_datalist", "duplicate_problems"]
+__all__ = [
+    "Problem",
+    "CheckReport",
+    "check_dataset",
+    "check_inference_inputs",
+    "checked_datalist",
+    "duplicate_problems",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +88,10 @@ def _read_image(path: Path, decode_pixels: bool) -> _Image:
     """Read one image (header only, or decoded), with its identities; raises ``DicomInputError``."""
     identities = {"file content (sha256)": sha256_file(path)} if path.is_file() else {}
     if decode_pixels:
-        nm = read_nm_views(path)
+        with warnings.catch_warnings():
+            # the reader's view-fallback warning: the check reports it as a counted warning of its own
+            warnings.simplefilter("ignore", UserWarning)
+            nm = read_nm_views(path)
         ds, views, source, shape = nm.dataset, nm.views, nm.view_source, tuple(nm.frames.shape[1:])
         # re-encoded or re-anonymised copies differ in bytes but not in pixels
         identities["pixel data"] = hashlib.sha256(nm.frames.tobytes()).hexdigest()
@@ -86,6 +101,10 @@ def _read_image(path: Path, decode_pixels: bool) -> _Image:
     if ds.get("SOPInstanceUID"):
         identities["SOPInstanceUID"] = str(ds.SOPInstanceUID)
     return _Image(views, source, shape, identities)
+
+
+def _fallback_reason(views: list[str]) -> str:
+    return f"no view code or view text in the header; assumed {views} by frame order"
 
 
 def duplicate_problems(entries: list[dict]) -> list[tuple[str, str]]:
@@ -233,8 +252,8 @@ def check_dataset(
             if view is not None and view not in nm.views:
                 report.add("error", image_path, f"view {view!r} not in file (has {nm.views})")
                 continue
-            if nm.view_source == "fallback" and len(nm.views) > 1:
-                report.add("warning", image_path, f"no view code in the header; assumed {nm.views} by frame order")
+            if nm.view_source == "fallback":
+                report.add("warning", image_path, _fallback_reason(nm.views))
             if "label" not in item:
                 if split in ANNOTATED_SPLITS:
                     report.add("error", where, f"'{split}' item has no 'label'")
@@ -259,6 +278,74 @@ def check_dataset(
         if len(splits) > 1:
             report.add("error", datalist_path, f"patient {pid} appears in several splits: {sorted(splits)}")
     report.lesions = dict(lesions)
+    return report
+
+
+def check_inference_inputs(
+    source: str | os.PathLike, dataset_dir: str | os.PathLike | None = None, split: str = "test"
+) -> CheckReport:
+    """Check what an inference run on ``source`` would read: every problem in one pass, inputs untouched.
+
+    ``source`` is what ``configs/inference.json`` takes as ``input``: a DICOM file, a folder (files grouped
+    into studies by StudyInstanceUID) or a datalist, whose ``split`` is read (e.g. ``unlabeled``: no item needs
+    a label). Reported: a source with no study; every file the NM reader refuses, with its reason; files of
+    one study that collide (the same view twice, other pixel spacing), naming both; the same image in two
+    studies; and, as warnings, files whose views were assumed by frame order.
+
+    Args:
+        source: the file, folder or datalist JSON.
+        dataset_dir: folder a datalist's paths are relative to (default: the datalist's folder).
+        split: the datalist split to check.
+
+    Returns:
+        The findings; ``items`` counts ``studies`` and ``files``.
+    """
+    from malignet_bundle.engines.inference import collect_studies, plan_study
+
+    report = CheckReport()
+    try:
+        studies = collect_studies(source, dataset_dir, split)
+    except (OSError, ValueError, KeyError) as e:  # missing path, no DICOM file, bad datalist, unknown split
+        report.add("error", source, str(e).removeprefix(f"{source}: "))
+        return report
+    entries: list[dict] = []
+    warned: set[str] = set()
+    for study in studies:
+        for item in study.items:  # headers first: a fallback is reported even where the study fails below
+            path = str(item["image"])
+            try:
+                header = read_nm_header(path)
+            except InputFileError:
+                continue  # plan_study names it
+            if header.view_source == "fallback" and path not in warned:
+                warned.add(path)
+                report.add("warning", path, _fallback_reason(header.views))
+        with warnings.catch_warnings():  # the reader's fallback warning, reported above
+            warnings.simplefilter("ignore", UserWarning)
+            try:
+                planned = plan_study(study)
+            except InputFileError as e:
+                report.add("error", e.path, e.reason)
+                continue
+        for entry in planned:
+            identities = {
+                "file content (sha256)": sha256_file(entry.path),
+                "pixel data": hashlib.sha256(entry.nm.frames.tobytes()).hexdigest(),
+            }
+            if entry.nm.dataset.get("SOPInstanceUID"):
+                identities["SOPInstanceUID"] = str(entry.nm.dataset.SOPInstanceUID)
+            entries.append(
+                {
+                    "split": "inference",
+                    "image": entry.path,
+                    "view": entry.view,
+                    "patient_id": study.study_id,
+                    "identities": identities,
+                }
+            )
+    for path, reason in duplicate_problems(entries):
+        report.add("error", path, reason)
+    report.items = {"studies": len(studies), "files": len({str(item["image"]) for s in studies for item in s.items})}
     return report
 
 

@@ -1,4 +1,4 @@
-"""Whole-body inference: NM studies in, lesions in whole-body stored-pixel coordinates out (design §3, §8).
+"""Whole-body inference: NM studies in, lesions in whole-body stored-pixel coordinates out.
 
 Per view the bundle's view transforms (the same as training's, from the config) select the view, mirror a
 posterior one, run the chest detector and crop and resize the chest; MaligNet finds lesions in the crop;
@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pydicom
@@ -26,17 +26,21 @@ from monai.utils.misc import str2bool
 
 from malignet_bundle.data.class_map import ClassMap
 from malignet_bundle.data.datalist import load_datalist, resolve_items
-from malignet_bundle.data.nm_dicom import InputFileError, read_nm_views
+from malignet_bundle.data.nm_dicom import InputFileError, NMViews, read_nm_views
 from malignet_bundle.outputs.prediction import StudyPrediction, ViewPrediction
 
 __all__ = [
     "StudyInput",
     "OUTPUT_MARKER",
     "OutputLocationError",
+    "NoStudyWrittenError",
     "collect_studies",
     "input_roots",
     "check_output_dir",
     "load_weights",
+    "VIEW_RULES",
+    "PlannedView",
+    "plan_study",
     "LesionPredictor",
     "write_study_outputs",
     "run_inference",
@@ -52,6 +56,18 @@ OUTPUT_MARKER = ".malignet-inference-output"
 
 class OutputLocationError(ValueError):
     """The output folder would write into the inputs (or their dataset folder)."""
+
+
+class NoStudyWrittenError(RuntimeError):
+    """Every study of a run was skipped: the run failed, and says why for each (also in ``summary.json``)."""
+
+
+# how read_nm_views found a file's views (its ``view_source``), in words for messages
+VIEW_RULES = {
+    "view-code": "view code",
+    "text": "header text",
+    "fallback": "frame-order fallback (no view code)",
+}
 
 
 @dataclass
@@ -205,6 +221,53 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.
     return network
 
 
+class PlannedView(NamedTuple):
+    """One view of a study as :func:`plan_study` found it: its file, the file's decoded views, the view."""
+
+    path: str
+    nm: NMViews
+    view: str
+
+
+def plan_study(study: StudyInput) -> list[PlannedView]:
+    """Read every file of ``study`` and check that its views make one study; one entry per view, in order.
+
+    Refused, with the files named: a file the NM reader refuses; a view the item asks for that its file does
+    not have; two files that hold the same view (for example two single-view files of one acquisition without
+    a view code, both taken as anterior by the frame-order fallback); files that differ in pixel spacing.
+
+    Raises:
+        InputFileError: naming the file and the reason (and the other file of a collision).
+        ValueError: the study has no items.
+    """
+    planned: list[PlannedView] = []
+    owner: dict[str, tuple[str, str]] = {}  # view → (file, how that file's views were found)
+    for item in study.items:
+        path = str(item["image"])
+        nm = read_nm_views(path)
+        if planned and tuple(nm.spacing) != tuple(planned[0].nm.spacing):
+            raise InputFileError(
+                path,
+                f"pixel spacing {nm.spacing} differs from {planned[0].path}'s {planned[0].nm.spacing} in one study",
+            )
+        for view in [item["view"]] if item.get("view") else nm.views:
+            if view not in nm.views:
+                raise InputFileError(path, f"view {view!r} not in file (has {nm.views})")
+            if view in owner:
+                other, other_rule = owner[view]
+                raise InputFileError(
+                    path,
+                    f"collides with {other} in study {study.study_id}: both hold the {view} view (found by "
+                    f"{VIEW_RULES[nm.view_source]} here, by {VIEW_RULES[other_rule]} there); give the files as "
+                    "separate inputs or add view codes (ViewCodeSequence)",
+                )
+            owner[view] = (path, nm.view_source)
+            planned.append(PlannedView(path, nm, view))
+    if not planned:
+        raise ValueError(f"study {study.study_id} has no images")
+    return planned
+
+
 class LesionPredictor:
     """MaligNet on one whole-body view, with its lesions mapped back to the stored frame.
 
@@ -215,6 +278,8 @@ class LesionPredictor:
             view's ``mirrored`` flag in the image's meta (``SelectViewd``).
         device: where the network runs.
         mask_threshold: probability above which a pixel belongs to a lesion.
+        inferer: MONAI inferer that runs the network on the list of crops (``inferer(crops, network)``);
+            None: the network is called directly (what MONAI's ``SimpleInferer`` does).
     """
 
     def __init__(
@@ -223,9 +288,11 @@ class LesionPredictor:
         preprocessing: Callable[[dict], Mapping[str, Any]],
         device: str | torch.device = "cpu",
         mask_threshold: float = 0.5,
+        inferer: Callable[..., Any] | None = None,
     ) -> None:
         self.network = network.to(device).eval()
         self.preprocessing, self.device, self.mask_threshold = preprocessing, torch.device(device), mask_threshold
+        self.inferer = inferer
 
     @torch.no_grad()
     def predict_view(self, path: str | os.PathLike, view: str, frame_index: int, frame: np.ndarray) -> ViewPrediction:
@@ -234,7 +301,8 @@ class LesionPredictor:
         image = data["image"]
         mirrored = bool(getattr(image, "meta", {}).get("mirrored", view == "posterior"))
         crop = torch.as_tensor(image, dtype=torch.float32)
-        detections = self.network([crop.to(self.device)])[0]
+        crops = [crop.to(self.device)]
+        detections = (self.inferer(crops, self.network) if self.inferer is not None else self.network(crops))[0]
         height, width = frame.shape
         left, top, right, bottom = (int(v) for v in torch.as_tensor(data["crop_box"]).tolist())
         probabilities = detections["masks"].float().cpu()  # (N, 1, h, w) over the resized crop
@@ -265,26 +333,17 @@ class LesionPredictor:
         )
 
     def predict_study(self, study: StudyInput) -> StudyPrediction:
-        """Every view of ``study``; raises :class:`InputFileError` naming the file that cannot be used."""
-        prediction: StudyPrediction | None = None
-        for item in study.items:
-            nm = read_nm_views(item["image"])
-            views = [item["view"]] if item.get("view") else nm.views
-            if prediction is None:
-                prediction = StudyPrediction(study.study_id, [], [], nm.spacing)
-            elif tuple(nm.spacing) != tuple(prediction.spacing):
-                raise InputFileError(item["image"], f"pixel spacing {nm.spacing} differs from the study's")
-            for view in views:
-                if view not in nm.views:
-                    raise InputFileError(item["image"], f"view {view!r} not in file (has {nm.views})")
-                if any(v.view == view for v in prediction.views):
-                    raise InputFileError(item["image"], f"the study already has a {view} view")
-                index = nm.views.index(view)
-                prediction.views.append(self.predict_view(item["image"], view, index, nm.frames[index]))
-                prediction.source_paths.append(item["image"])
-                prediction.datasets.append(nm.dataset)
-        if prediction is None:
-            raise ValueError(f"study {study.study_id} has no images")
+        """Every view of ``study``; raises :class:`InputFileError` naming the file that cannot be used.
+
+        Every file is read and the views checked (:func:`plan_study`) before the network runs.
+        """
+        planned = plan_study(study)
+        prediction = StudyPrediction(study.study_id, [], [], planned[0].nm.spacing)
+        for entry in planned:
+            index = entry.nm.views.index(entry.view)
+            prediction.views.append(self.predict_view(entry.path, entry.view, index, entry.nm.frames[index]))
+            prediction.source_paths.append(entry.path)
+            prediction.datasets.append(entry.nm.dataset)
         return prediction
 
 
@@ -295,7 +354,10 @@ def write_study_outputs(
     model: Mapping[str, Any] | None = None,
     dicom_seg: bool = True,
 ) -> dict[str, Path]:
-    """Write the outputs of design §8 for one study to ``output_dir/<study_id>/``, each file atomically.
+    """Write the outputs of one study to ``output_dir/<study_id>/``, each file atomically.
+
+    The report's metastasis verdict counts the lesions of the class map's malignant class
+    (:attr:`ClassMap.malignant_label`).
 
     Returns the written paths: ``report`` (JSON), ``overlay`` (PNG of both views), ``nifti_<view>``
     (instance-label NIfTI per view, with its ``.classes.json``; re-importable as an annotation) and
@@ -308,7 +370,13 @@ def write_study_outputs(
     folder = Path(output_dir) / prediction.study_id
     folder.mkdir(parents=True, exist_ok=True)
     written = {"report": folder / "report.json", "overlay": folder / "overlay.png"}
-    write_report(prediction, class_map, written["report"], model=dict(model) if model else None)
+    write_report(
+        prediction,
+        class_map,
+        written["report"],
+        malignant_label=class_map.malignant_label,
+        model=dict(model) if model else None,
+    )
     save_study_overlay(prediction, class_map, written["overlay"])
     for view in prediction.views:
         path = folder / f"{view.view}_instances.nii.gz"
@@ -341,6 +409,10 @@ def run_inference(
 
     Returns ``{"written": [study ids], "skipped": [(study id, reason)]}``, also written as
     ``output_dir/summary.json``.
+
+    Raises:
+        NoStudyWrittenError: every study was skipped (after ``summary.json`` is written), so that a run which
+            produced nothing never ends as a success.
     """
     from malignet_bundle.atomic_io import write_bytes_atomic, write_json_atomic
 
@@ -366,4 +438,7 @@ def run_inference(
     logger.info(
         "inference: %d studies written to %s, %d skipped", len(summary["written"]), output_dir, len(summary["skipped"])
     )
+    if summary["skipped"] and not summary["written"]:
+        reasons = "\n".join(f"  {study_id}: {reason}" for study_id, reason in summary["skipped"])
+        raise NoStudyWrittenError(f"no study could be used, nothing written to {output_dir}:\n{reasons}")
     return summary

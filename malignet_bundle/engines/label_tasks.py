@@ -83,6 +83,8 @@ def infer_study(
     bundle_root, output_dir = Path(bundle_root), Path(output_dir)
     parser = ConfigParser()
     parser.read_config(str(_config(bundle_root, "inference.json")))
+    # after the config: its class map and class count come from the metadata ID (``@_meta_``)
+    parser.read_meta(str(_config(bundle_root, "metadata.json")))
     parser["bundle_root"] = str(bundle_root)
     parser["ckpt_dir"] = str(ckpt_dir)
     parser["score_threshold"] = None if score_threshold is None else float(score_threshold)
@@ -99,7 +101,7 @@ def infer_study(
     label_map = study_label_map(prediction, frames)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_label_map(label_map, prediction.spacing, output_dir / "label.nii.gz")
-    report = build_report(prediction, class_map, mask_encoding=None)
+    report = build_report(prediction, class_map, class_map.malignant_label, mask_encoding=None)
     result = {
         "label_names": {name: k + 1 for k, name in enumerate(class_map.names)},
         "shape": list(label_map.shape),

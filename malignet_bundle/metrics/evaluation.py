@@ -1,4 +1,4 @@
-"""The evaluation of thesis §3.8 (Tables 4–7, Fig. 17) plus COCO AP, FROC and pixel-level scores (design §6).
+"""The evaluation of thesis §3.8 (Tables 4–7, Fig. 17) plus COCO AP, FROC and pixel-level scores.
 
 Every family is a plain function on per-image records (:func:`~malignet_bundle.metrics.records.image_records`
 builds them from per-image prediction and target dicts, matching each image once), :func:`evaluate_lesions`

@@ -1,4 +1,4 @@
-"""JSON lesion report of one study (design §8): what a clinician's tool, a script or an audit reads.
+"""JSON lesion report of one study: what a clinician's tool, a script or an audit reads.
 
 Why JSON: the report is the one output that needs no DICOM or imaging library to read, so it carries
 everything about each lesion (class, score, where, how big, its mask) and the study's metastasis verdict,
