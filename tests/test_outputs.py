@@ -28,6 +28,8 @@ from malignet_bundle.outputs.dicom_seg import (
 from malignet_bundle.outputs.prediction import StudyPrediction, ViewPrediction
 from malignet_bundle.outputs.report import build_report, write_report
 
+from .conftest import ROOT
+
 # Synthetic studies with lesions of several classes in both views (checked in _prediction).
 MULTIFRAME_SEED, SINGLE_SEED = [4, 1], [7, 1]
 
@@ -125,8 +127,8 @@ def test_seg_reads_back_onto_its_source_frame(layout, multiframe_study, single_s
         seg = pydicom.dcmread(path)
         assert seg.Modality == "SEG" and seg.SegmentationType == "BINARY"
         assert seg.StudyInstanceUID == source_ds.StudyInstanceUID and seg.PatientID == source_ds.PatientID
-        spacing = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
-        assert [float(v) for v in spacing] == pytest.approx([float(v) for v in source_ds.PixelSpacing])
+        # geometry is the reference to the source frame alone: no Frame of Reference, no pixel measures
+        assert "FrameOfReferenceUID" not in seg and "PixelMeasuresSequence" not in seg.SharedFunctionalGroupsSequence[0]
         assert (seg.Rows, seg.Columns) == (source_ds.Rows, source_ds.Columns)
         (referenced,) = seg.ReferencedSeriesSequence
         assert referenced.SeriesInstanceUID == source_ds.SeriesInstanceUID
@@ -150,6 +152,68 @@ def test_seg_reads_back_onto_its_source_frame(layout, multiframe_study, single_s
         if shutil.which("dciodvfy"):
             assert not _dciodvfy_errors(path), _dciodvfy_errors(path)
     assert len(series) == 1  # one SEG series per study
+
+
+def _as_source_class(source, target, kind: str, frame_of_reference: bool) -> None:
+    """Copy a one-view synthetic NM file as another source class the reader accepts.
+
+    ``kind`` "nm": the NM Image IOD, one frame. "sc": what GE stores processed whole-body scans as: Secondary
+    Capture Image Storage with Modality NM, one frame, signed 16-bit, no NM multi-frame attributes.
+    ``frame_of_reference``: add a FrameOfReferenceUID, as those vendor files carry.
+    """
+    ds = pydicom.dcmread(source)
+    if kind == "sc":
+        pixels = ds.pixel_array.astype(np.int16)
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.SecondaryCaptureImageStorage
+        for keyword in (
+            "NumberOfFrames",
+            "FrameIncrementPointer",
+            "EnergyWindowVector",
+            "NumberOfEnergyWindows",
+            "DetectorVector",
+            "NumberOfDetectors",
+        ):
+            delattr(ds, keyword)
+        ds.ConversionType = "WSD"
+        ds.PixelRepresentation = 1
+        ds.PixelData = pixels.tobytes()
+    if frame_of_reference:
+        ds.FrameOfReferenceUID = pydicom.uid.generate_uid()
+        ds.PositionReferenceIndicator = ""
+    ds.save_as(target, enforce_file_format=True)
+
+
+@pytest.mark.parametrize(
+    "kind, frame_of_reference",
+    [("nm", True), ("nm-multiframe", True), ("sc", False), ("sc", True)],
+    ids=["nm-for", "nm-multiframe-for", "sc", "sc-for"],
+)
+def test_seg_of_every_source_class_is_valid_and_reads_back_with_highdicom(
+    kind, frame_of_reference, multiframe_study, single_study, class_map, tmp_path
+):
+    """NM (one and two frames) and Secondary Capture NM sources with a Frame of Reference, and without (above)."""
+    import highdicom as hd
+
+    origin = multiframe_study if kind == "nm-multiframe" else single_study
+    view = origin.views[0]
+    source = tmp_path / f"{kind}.dcm"
+    _as_source_class(origin.source_paths[0], source, kind, frame_of_reference)
+    nm = read_nm_views(source)
+    assert nm.views[0] == view.view and np.array_equal(nm.frames[0], view.image)
+    study = StudyPrediction("CLASS", [source], [nm.dataset], nm.spacing, [view])
+    (path,) = write_dicom_segs(study, class_map, tmp_path / "out")
+
+    seg = hd.seg.segread(path)  # highdicom's own reader, as any highdicom user would open it
+    assert "FrameOfReferenceUID" not in seg
+    (reference,) = seg.SourceImageSequence
+    assert reference.ReferencedSOPInstanceUID == nm.dataset.SOPInstanceUID
+    # a frame number only for a multi-frame IOD (NM, even with one frame); forbidden for Secondary Capture
+    assert ("ReferencedFrameNumber" in reference) == kind.startswith("nm")
+    read = read_dicom_seg_masks(path)
+    assert (read.sop_instance_uid, read.frame_number) == (nm.dataset.SOPInstanceUID, 1)
+    assert np.array_equal(read.masks, _class_unions(view, class_map.num_classes)) and read.masks.any()
+    if shutil.which("dciodvfy"):
+        assert not _dciodvfy_errors(path), _dciodvfy_errors(path)
 
 
 @pytest.mark.skipif(not shutil.which("dciodvfy"), reason="dciodvfy (dicom3tools) not installed")
@@ -317,3 +381,20 @@ def test_report_of_a_single_file_per_view_study(single_study, class_map):
             assert lesion["area_mm2"] == pytest.approx(mask.sum() * row_mm * col_mm)
     malignant = [les["id"] for les in report["lesions"] if les["class_name"] == "malignant"]
     assert report["metastasis"] == {"positive": True, "lesion_ids": malignant} and malignant
+
+
+def test_inference_outputs_take_the_metastasis_class_from_the_class_map(single_study, tmp_path):
+    """The verdict counts the class map's malignant class, here label 2 (``malignant_class`` in the metadata)."""
+    from malignet_bundle.engines.inference import write_study_outputs
+
+    meta = json.loads((ROOT / "configs" / "metadata.json").read_text())
+    meta["malignant_class"] = "infection_inflammation"
+    class_map = ClassMap.from_meta(meta)
+    assert class_map.malignant_label == 2
+    written = write_study_outputs(single_study, class_map, tmp_path, dicom_seg=False)
+    report = json.loads(written["report"].read_text())
+    expected = [lesion["id"] for lesion in report["lesions"] if lesion["class_label"] == 2]
+    assert report["metastasis"] == {"positive": bool(expected), "lesion_ids": expected}
+    assert any(lesion["class_label"] == 1 for lesion in report["lesions"])  # label 1 lesions exist, not counted
+    with pytest.raises(KeyError, match="unknown class name"):
+        _ = ClassMap({1: "hot spot"}).malignant_label

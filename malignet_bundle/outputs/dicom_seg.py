@@ -8,28 +8,39 @@ the reading room without the bundle. What is written:
   means class ``k``. Category "Morphologically abnormal structure" (SCT 49755003); type from
   :data:`CLASS_CODES` for the default classes, else "Lesion" (SCT 52988006). Algorithm: AUTOMATIC,
   "MaligNet", family "Artificial Intelligence" (DCM 123110), the version passed in.
-* Pixel spacing = the source's ``PixelSpacing``; the frame matches the stored source frame pixel for pixel
-  (a posterior view is not mirrored), so each segment frame references its source frame with
-  SpatialLocationsPreserved YES.
+* The frame matches the stored source frame pixel for pixel (a posterior view is not mirrored), so each
+  segment frame references its source image (and, for a multi-frame source, its frame) with
+  SpatialLocationsPreserved YES. That reference is the SEG's whole geometry: it has no Frame of Reference and
+  no pixel measures (below).
 
-Why one SEG per view and not one per study: planar whole-body NM has no Frame of Reference (no patient
-coordinate system), and highdicom 0.28 builds a SEG of such a source from *one source frame only*
-(``_Image._init_multiframe_image`` raises "Only a single frame is supported when the source image has no
-Frame of Reference UID" for a two-frame NM instance and for two single-frame instances alike). It also reads
-the pixel spacing of a source whose IOD is multi-frame (NM is, even with one frame) from an enhanced-style
-``SharedFunctionalGroupsSequence`` that NM images do not have. Giving the source a made-up Frame of
-Reference and plane positions would put invented geometry into the SEG; merging two highdicom outputs by
-hand would be a SEG highdicom did not build. So each view's SEG is built from an in-memory, one-frame copy
-of its source header that carries the source's PixelSpacing as shared pixel measures (never written
-anywhere; the source file is only ever read), and the references in the result are then pointed at the
-view's frame of the real source (``ReferencedFrameNumber``, frame ``frame_index + 1``). All SEGs of a study
-share one series. For a one-file-per-view study this is one SEG per source file; for a two-frame file, two
-SEGs referencing frames 1 and 2 of the same instance.
+Source classes: every file the NM reader accepts, i.e. the NM Image IOD with one or two frames and
+single-frame images of other classes with Modality NM (vendors store processed whole-body scans as Secondary
+Capture), with or without a FrameOfReferenceUID. The SEG is valid for each (dciodvfy: no error, no warning)
+and reads back with ``highdicom.seg.segread``:
 
-Reading back (:func:`read_dicom_seg_masks`) goes through highdicom's reader. highdicom 0.28 insists on a
-SliceThickness in the pixel measures, which the standard requires only when a Frame of Reference is present
-(CP 1426) and which a planar projection does not have; the reader therefore drops the pixel measures from
-its in-memory copy (they are not needed to read masks). dciodvfy reports no errors for these files.
+* ``ReferencedFrameNumber`` only where the source's IOD is multi-frame (it carries ``NumberOfFrames``, as NM
+  does even with one frame); for a single-frame class such as Secondary Capture the standard forbids it.
+* No Frame of Reference. A planar projection has no patient coordinate system; a vendor's
+  FrameOfReferenceUID on one defines no plane position or orientation, and copying it into the SEG would
+  make Plane Position, Plane Orientation and a SliceThickness mandatory, all of which would be invented.
+  The SEG IOD needs no Frame of Reference when its frames reference their source images.
+* No Pixel Measures. Without a Frame of Reference they are optional, and highdicom's reader refuses pixel
+  measures without a SliceThickness, which a projection does not have. The pixel spacing stays in the source
+  the SEG references (and in the report, which gives areas in mm²).
+
+How it is built: highdicom 0.28 builds a SEG of a source without a Frame of Reference from *one source
+frame only* (``_Image._init_multiframe_image`` raises "Only a single frame is supported when the source
+image has no Frame of Reference UID" for a two-frame NM instance and for two single-frame instances alike).
+So there is one SEG per view, built from an in-memory, one-frame copy of its
+source header without the Frame of Reference (never written anywhere; the source file is only ever read).
+highdicom reads the pixel spacing of a source whose IOD is multi-frame from an enhanced-style
+``SharedFunctionalGroupsSequence`` that NM images do not have, so the copy of a multi-frame source carries
+one; the pixel measures highdicom derives from it are then removed from the result, and its references are
+pointed at the view's frame of the real source (``ReferencedFrameNumber``, frame ``frame_index + 1``). All
+SEGs of a study share one series. For a one-file-per-view study this is one SEG per source file; for a
+two-frame file, two SEGs referencing frames 1 and 2 of the same instance.
+
+Reading back (:func:`read_dicom_seg_masks`) is ``highdicom.seg.segread``, the reader any highdicom user has.
 """
 
 from __future__ import annotations
@@ -41,7 +52,6 @@ from typing import NamedTuple
 
 import highdicom as hd
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
@@ -120,21 +130,39 @@ def _pixel_spacing(ds: Dataset, study: StudyPrediction) -> list[float]:
     return [float(v) for v in spacing] if spacing and len(spacing) == 2 else [float(v) for v in study.spacing]
 
 
+def _is_multiframe_class(ds: Dataset) -> bool:
+    """Whether the source's IOD is multi-frame: such IODs carry ``NumberOfFrames`` (type 1), others never do."""
+    return "NumberOfFrames" in ds
+
+
+# what the in-memory source copy leaves out: the pixels (never needed) and the Frame of Reference (module
+# docstring: a projection has no patient coordinate system)
+_LEFT_OUT = {0x7FE00010, 0x00200052, 0x00201040}  # PixelData, FrameOfReferenceUID, PositionReferenceIndicator
+
+
 def _one_frame_source(ds: Dataset, pixel_spacing: list[float]) -> Dataset:
     """In-memory header of one view that highdicom accepts (see the module docstring); never written anywhere."""
     source = Dataset()
     for element in ds:
-        if element.tag != 0x7FE00010:  # the pixel data, when the caller's header still has it
+        if element.tag not in _LEFT_OUT:
             source.add(copy.deepcopy(element))
-    source.NumberOfFrames = 1
-    measures = Dataset()
-    measures.PixelMeasuresSequence = hd.PixelMeasuresSequence(pixel_spacing=pixel_spacing, slice_thickness=None)
-    source.SharedFunctionalGroupsSequence = [measures]
+    if _is_multiframe_class(ds):
+        source.NumberOfFrames = 1
+        measures = Dataset()
+        measures.PixelMeasuresSequence = hd.PixelMeasuresSequence(pixel_spacing=pixel_spacing, slice_thickness=None)
+        source.SharedFunctionalGroupsSequence = [measures]
     return source
 
 
+def _drop_pixel_measures(seg: hd.seg.Segmentation) -> None:
+    """Remove the pixel measures highdicom derived from the source (module docstring: why)."""
+    for group in [*seg.SharedFunctionalGroupsSequence, *seg.get("PerFrameFunctionalGroupsSequence", [])]:
+        if "PixelMeasuresSequence" in group:
+            del group.PixelMeasuresSequence
+
+
 def _reference_frame(seg: hd.seg.Segmentation, frame_number: int) -> None:
-    """Point the source-image references of ``seg`` at frame ``frame_number`` of the source instance.
+    """Point the source-image references of ``seg`` at frame ``frame_number`` of the (multi-frame) source.
 
     highdicom puts the same item objects into SourceImageSequence and ReferencedSeriesSequence; the frame
     number belongs only to the former (Image SOP Instance Reference Macro), so those items are replaced by
@@ -181,8 +209,8 @@ def build_dicom_segs(
         series_instance_uid: SeriesInstanceUID of the SEG series; new when None.
 
     Returns:
-        Segmentation instances; the ``i``-th covers ``study.views[i]`` and references frame
-        ``frame_index + 1`` of ``study.datasets[i]``.
+        Segmentation instances; the ``i``-th covers ``study.views[i]`` and references ``study.datasets[i]``,
+        at its frame ``frame_index + 1`` when that source is multi-frame.
 
     Raises:
         ValueError: a mask does not match its source frame's size, or a label is outside the class map.
@@ -212,7 +240,9 @@ def build_dicom_segs(
             series_description="MaligNet lesions",
             omit_empty_frames=False,
         )
-        _reference_frame(seg, int(view.frame_index) + 1)
+        _drop_pixel_measures(seg)
+        if _is_multiframe_class(ds):
+            _reference_frame(seg, int(view.frame_index) + 1)
         # General Image, Type 2C without a Frame of Reference: a single-view source's own value applies to the
         # SEG; a two-view header has one value for both views, so none is copied from it.
         single_view = int(ds.get("NumberOfFrames", 1) or 1) == 1
@@ -248,26 +278,21 @@ def write_dicom_segs(
 
 
 def read_dicom_seg_masks(path: str | os.PathLike) -> SegFrameMasks:
-    """Read a SEG that covers one source frame (as written here) with highdicom's reader.
+    """Read a SEG that covers one source frame (as written here) with ``highdicom.seg.segread``.
 
     Args:
         path: the SEG file.
 
     Returns:
-        The source instance and frame it references and its (H, W, S) bool masks by segment.
+        The source instance and frame it references (1 for a single-frame source, which records no frame
+        number) and its (H, W, S) bool masks by segment.
 
     Raises:
         ValueError: the SEG references no source frame or more than one.
     """
-    ds = pydicom.dcmread(path)
-    shared = ds.get("SharedFunctionalGroupsSequence", [Dataset()])[0]
-    for measures in shared.get("PixelMeasuresSequence", []):
-        if "SliceThickness" not in measures:  # highdicom 0.28 cannot parse these (module docstring)
-            del shared.PixelMeasuresSequence
-            break
-    seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
+    seg = hd.seg.segread(path)
     references = {
-        (str(item.ReferencedSOPInstanceUID), int(item.get("ReferencedFrameNumber", 1)))
+        (str(item.ReferencedSOPInstanceUID), item.get("ReferencedFrameNumber"))
         for group in seg.PerFrameFunctionalGroupsSequence
         for derivation in group.get("DerivationImageSequence", [])
         for item in derivation.SourceImageSequence
@@ -275,5 +300,9 @@ def read_dicom_seg_masks(path: str | os.PathLike) -> SegFrameMasks:
     if len(references) != 1:
         raise ValueError(f"{path}: references {len(references)} source frames, expected one")
     ((uid, frame),) = references
-    masks = seg.get_pixels_by_source_frame(uid, [frame], segment_numbers=list(seg.segment_numbers))
-    return SegFrameMasks(uid, frame, masks[0].astype(bool))
+    segments = list(seg.segment_numbers)
+    if frame is None:
+        masks = seg.get_pixels_by_source_instance([uid], segment_numbers=segments)
+    else:
+        masks = seg.get_pixels_by_source_frame(uid, [int(frame)], segment_numbers=segments)
+    return SegFrameMasks(uid, 1 if frame is None else int(frame), masks[0].astype(bool))
