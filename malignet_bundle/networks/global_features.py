@@ -70,8 +70,9 @@ class GlobalContextRoIPool(MultiScaleRoIAlign):
     def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
         """(R, C·s·s + G): pooled region features, flattened, then the global vector of the region's image."""
         pooled = self.pool(x, boxes, image_shapes).flatten(1)
-        counts = torch.tensor([len(b) for b in boxes], device=pooled.device)
-        image_index = torch.repeat_interleave(torch.arange(len(boxes), device=pooled.device), counts)
+        # the image of each region, built from the boxes' own shapes so that a traced graph (ONNX) keeps the
+        # number of regions dynamic; a list of Python lengths would freeze it at the traced count
+        image_index = torch.cat([torch.full_like(b[:, 0], i, dtype=torch.int64) for i, b in enumerate(boxes)])
         return torch.cat([pooled, x[self.global_key][image_index]], dim=1)
 
 
