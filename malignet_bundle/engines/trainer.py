@@ -1,9 +1,11 @@
 """Semi-supervised training as a MONAI ``SupervisedTrainer`` (thesis §4.2.5, eq. 33–35).
 
-Each iteration takes one labeled batch from the trainer's data loader and one batch from an unlabeled
-loader that cycles independently, runs one MaligNet forward over both, and optimises the weighted sum of
-the loss terms. Every term reaches ``engine.state.output`` under its own name so handlers (stats, MLflow)
-log them. Without an unlabeled loader it is the supervised baseline's trainer.
+Each iteration hands the labeled batch to the trainer's semi-supervised method
+(:mod:`malignet_bundle.semi_supervised`: supervised, ladder, mean teacher, …), which returns the loss terms
+from one joint forward; the trainer optimises their weighted sum. Every term reaches
+``engine.state.output`` under its own name so handlers (stats, MLflow) log them. The unlabeled loader
+belongs to the trainer, which cycles it independently of the labeled one and lends its batches to the
+method (:meth:`SemiSupervisedTrainer.next_unlabeled`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from monai.engines.utils import IterationEvents
 from monai.inferers import Inferer
 from monai.utils.enums import CommonKeys as Keys
 from monai.utils.misc import str2bool
+
+from malignet_bundle.semi_supervised.base import SemiSupervisedMethod
+from malignet_bundle.semi_supervised.ladder import Ladder
 
 __all__ = [
     "WeightedLossSum",
@@ -112,14 +117,18 @@ class DetectionInferer(Inferer):
 
 
 class SemiSupervisedTrainer(SupervisedTrainer):
-    """``SupervisedTrainer`` whose iteration joins a labeled and an unlabeled batch in one forward.
+    """``SupervisedTrainer`` whose iteration asks a semi-supervised method for its loss terms.
 
     Takes MONAI's ``SupervisedTrainer`` arguments (``train_data_loader`` is the labeled loader; its batches
     are uncollated lists of dicts) plus:
 
     Args:
-        unlabeled_data_loader: loader of unlabeled images (cycled); None trains supervised only.
-        unlabeled_batches: unlabeled batches joined to every labeled batch (with the two loaders' batch
+        method: the semi-supervised method (:class:`~malignet_bundle.semi_supervised.base.
+            SemiSupervisedMethod`); None: :class:`~malignet_bundle.semi_supervised.ladder.Ladder`, which
+            without an unlabeled loader trains supervised only.
+        unlabeled_data_loader: loader of unlabeled images (cycled), lent to the method; None: no unlabeled
+            images.
+        unlabeled_batches: unlabeled batches per :meth:`next_unlabeled` call (with the two loaders' batch
             sizes, this sets the unlabeled-to-labeled ratio).
         max_grad_norm: clip the gradient norm to this before each step (None: no clipping). Mask R-CNN
             trained from scratch with Adam at 1e-3 (Table 11) otherwise has early mask-loss spikes.
@@ -127,13 +136,14 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             with AVX-512 BF16 or AMX; about 1.3x faster steps on an AMD EPYC, docs/BENCHMARKS.md). Off by
             default: whether it trains the same model is measured, not assumed. The command line's
             ``"true"``/``"false"`` strings are accepted.
-        kwargs: everything ``SupervisedTrainer`` takes; ``loss_function`` receives the network's loss dict
+        kwargs: everything ``SupervisedTrainer`` takes; ``loss_function`` receives the method's loss dict
             (use :class:`WeightedLossSum`), ``prepare_batch`` defaults to :func:`prepare_detection_batch`.
     """
 
     def __init__(
         self,
         *args: Any,
+        method: SemiSupervisedMethod | None = None,
         unlabeled_data_loader: Iterable | None = None,
         unlabeled_batches: int = 1,
         max_grad_norm: float | None = 10.0,
@@ -143,13 +153,24 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         kwargs.setdefault("prepare_batch", prepare_detection_batch)
         kwargs.setdefault("decollate", False)
         super().__init__(*args, **kwargs)
+        self.method = Ladder() if method is None else method
         self.unlabeled_data_loader = unlabeled_data_loader
         self.unlabeled_batches = int(unlabeled_batches)
         self.max_grad_norm = max_grad_norm
         self.bf16_on_cpu = str2bool(bf16_on_cpu)
         self._unlabeled: Iterator | None = None
+        self.method.attach(self)
+
+    def next_unlabeled(self) -> list[torch.Tensor]:
+        """The images of the next ``unlabeled_batches`` batches of the cycling unlabeled loader.
+
+        Returns:
+            Images on the trainer's device; ``[]`` without an unlabeled loader.
+        """
+        return self._next_unlabeled(self.state.device)
 
     def _next_unlabeled(self, device: torch.device) -> list[torch.Tensor]:
+        # a method of its own so that experiments/training_profile.py can time the unlabeled data loading
         if self.unlabeled_data_loader is None or self.unlabeled_batches <= 0:
             return []
         if self._unlabeled is None:
@@ -161,17 +182,16 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         return images
 
     def _iteration(self, engine: SupervisedTrainer, batchdata: Sequence[Mapping[str, Any]]) -> list[dict]:
-        """One step: forward labeled + unlabeled, weighted loss, backward, optimizer step (AMP on CUDA).
+        """One step: the method's losses, weighted sum, backward, optimizer step (AMP on CUDA).
 
-        Returns (and leaves in ``engine.state.output``) one dict per labeled image with ``loss`` and every
-        loss term.
+        Returns (and leaves in ``engine.state.output``) one dict per labeled image with ``loss``, every
+        loss term and the method's logged values.
         """
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         images, targets = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)
         if targets is None:
             raise ValueError("labeled batch without 'masks': is the labeled split annotated?")
-        unlabeled = self._next_unlabeled(engine.state.device)
         engine.state.output = {Keys.IMAGE: images, Keys.LABEL: targets}
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
@@ -182,9 +202,8 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             cpu_bf16 = self.bf16_on_cpu and torch.device(engine.state.device).type == "cpu"
             autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_bf16)
         with autocast:
-            losses = (
-                engine.network(images, targets, unlabeled=unlabeled) if unlabeled else engine.network(images, targets)
-            )
+            step = self.method.step(self, images, targets)
+            losses = step.losses
             engine.state.output[Keys.PRED] = losses
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             loss = engine.loss_function(losses)
@@ -202,7 +221,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             self._clip(engine)
             engine.optimizer.step()
-        terms = {name: value.detach() for name, value in losses.items()}
+        terms = {name: torch.as_tensor(value).detach() for name, value in {**losses, **step.logged}.items()}
         # As MONAI's decollated output: one dict per labeled image, the batch losses replicated in each,
         # so the stock handlers (e.g. MLflow's ``from_engine(["loss"], first=True)``) read them unchanged.
         engine.state.output = [

@@ -6,8 +6,10 @@ and the mask head. MaligNet swaps in :class:`~malignet_bundle.networks.lfpn.Ladd
 :mod:`~malignet_bundle.networks.global_features` for the box head. With ``ladder=False,
 global_features=False`` it is plain torchvision Mask R-CNN (single-channel input), the thesis's baseline.
 
-One training forward takes labeled images with targets and unlabeled images without: the backbone and the
-pyramid run once over both; the RPN and heads see the labeled part; the ladder cost covers all of it.
+One training forward takes labeled images with targets, optionally teacher-labeled ("pseudo") images with
+their targets, and unlabeled images without: the backbone and the pyramid run once over all of them; the RPN
+and heads see each labeled group apart (the pseudo group's losses come back with ``_pseudo`` appended); the
+ladder cost covers all of it.
 """
 
 from __future__ import annotations
@@ -34,7 +36,14 @@ from malignet_bundle.networks.global_features import (
 )
 from malignet_bundle.networks.lfpn import LadderFPN
 
-__all__ = ["MaligNet", "BACKBONES", "LESION_ANCHOR_SIZES", "SUPERVISED_LOSS_KEYS", "LADDER_LOSS_KEY"]
+__all__ = [
+    "MaligNet",
+    "BACKBONES",
+    "LESION_ANCHOR_SIZES",
+    "SUPERVISED_LOSS_KEYS",
+    "LADDER_LOSS_KEY",
+    "PSEUDO_SUFFIX",
+]
 
 # Anchors fitted to lesions in 320×320 chest crops of the synthetic data: lesion √area spans 11–32 px
 # (5th–100th percentile, median 15), so P2…P6 carry 8…128 px anchors. The thesis's 32…512 (Table 11)
@@ -42,6 +51,7 @@ __all__ = ["MaligNet", "BACKBONES", "LESION_ANCHOR_SIZES", "SUPERVISED_LOSS_KEYS
 LESION_ANCHOR_SIZES = ((8,), (16,), (32,), (64,), (128,))
 SUPERVISED_LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
 LADDER_LOSS_KEY = "loss_ladder"
+PSEUDO_SUFFIX = "_pseudo"  # appended to the RPN and head losses of the pseudo-labeled group
 _RESNET_LAYERS = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
 # channels of C2…C5 per torchvision ResNet; ResNet-18/34 exist for CPU-sized experiments only
 BACKBONES = {
@@ -174,6 +184,7 @@ class MaligNet(MaskRCNN):
         images: list[Tensor],
         targets: list[dict[str, Tensor]] | None = None,
         unlabeled: list[Tensor] | None = None,
+        pseudo: tuple[list[Tensor], list[dict[str, Tensor]]] | None = None,
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         """Training: loss dict (``loss_ladder`` included with the ladder); evaluation: detections per image.
 
@@ -181,27 +192,37 @@ class MaligNet(MaskRCNN):
             images: labeled images (C, H, W) in training, the images to segment in evaluation.
             targets: per labeled image ``boxes`` (N, 4), ``labels`` (N,), ``masks`` (N, H, W).
             unlabeled: images without targets (training only); they reach the ladder cost only.
+            pseudo: images with targets from a teacher (training only): the same backbone pass, their own
+                RPN and head losses, named with :data:`PSEUDO_SUFFIX` appended (``loss_mask_pseudo``, …), so
+                a semi-supervised method weighs them apart from the labeled ones.
         """
         if not self.training:
-            if unlabeled:
-                raise ValueError("unlabeled images are only used in training")
+            if unlabeled or pseudo:
+                raise ValueError("unlabeled and pseudo-labeled images are only used in training")
             if self.global_embedding is None:
                 return super().forward(images)
             return self._detect(images)
         if images and targets is None:
             raise ValueError("targets are required for labeled images in training")
         unlabeled = unlabeled or []
-        if not images and not unlabeled:
+        pseudo_images, pseudo_targets = pseudo if pseudo is not None else ([], None)
+        if pseudo_images and pseudo_targets is None:
+            raise ValueError("pseudo-labeled images need their targets")
+        if not images and not unlabeled and not pseudo_images:
             raise ValueError("no images")
-        if not unlabeled and not self.uses_ladder and self.global_embedding is None:
+        if not unlabeled and not pseudo_images and not self.uses_ladder and self.global_embedding is None:
             return super().forward(images, targets)  # exactly torchvision Mask R-CNN
 
-        n_labeled = len(images)
-        labeled_list, targets = self.transform(images, targets) if images else (None, None)
+        # (images batched and padded by the transform, their targets, loss-name suffix) per labeled group
+        groups = []
+        if images:
+            groups.append((*self.transform(images, targets), ""))
+        if pseudo_images:
+            groups.append((*self.transform(pseudo_images, pseudo_targets), PSEUDO_SUFFIX))
         unlabeled_tensors = self.transform(unlabeled)[0].tensors if unlabeled and self.uses_ladder else None
-        if labeled_list is None and unlabeled_tensors is None:
+        if not groups and unlabeled_tensors is None:
             raise ValueError("an unlabeled-only batch needs the ladder (ladder=True)")
-        parts = [] if labeled_list is None else [labeled_list.tensors]
+        parts = [image_list.tensors for image_list, _, _ in groups]
         batch = _concat_padded(parts + ([] if unlabeled_tensors is None else [unlabeled_tensors]))
         c_maps = self.backbone.body(batch)
         losses: dict[str, Tensor] = {}
@@ -209,15 +230,17 @@ class MaligNet(MaskRCNN):
             pyramid, losses[LADDER_LOSS_KEY] = self.backbone.fpn.forward_with_ladder(c_maps)
         else:
             pyramid = self.backbone.fpn(c_maps)
-        if labeled_list is None:
-            return losses
-        sizes = labeled_list.tensors.shape[-2:]
-        pyramid = OrderedDict((k, _crop_to(v[:n_labeled], sizes, batch.shape[-2:])) for k, v in pyramid.items())
-        proposals, proposal_losses = self.rpn(labeled_list, pyramid, targets)
-        head_features = self._with_global(pyramid, c_maps["3"][:n_labeled])
-        _, detector_losses = self.roi_heads(head_features, proposals, labeled_list.image_sizes, targets)
-        losses.update(detector_losses)
-        losses.update(proposal_losses)
+        start = 0
+        for image_list, group_targets, suffix in groups:
+            stop = start + image_list.tensors.shape[0]
+            sizes = image_list.tensors.shape[-2:]
+            features = OrderedDict((k, _crop_to(v[start:stop], sizes, batch.shape[-2:])) for k, v in pyramid.items())
+            proposals, proposal_losses = self.rpn(image_list, features, group_targets)
+            head_features = self._with_global(features, c_maps["3"][start:stop])
+            _, detector_losses = self.roi_heads(head_features, proposals, image_list.image_sizes, group_targets)
+            losses.update({name + suffix: value for name, value in detector_losses.items()})
+            losses.update({name + suffix: value for name, value in proposal_losses.items()})
+            start = stop
         return losses
 
     def _with_global(self, pyramid: dict[str, Tensor], c5: Tensor) -> dict[str, Tensor]:
