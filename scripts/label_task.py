@@ -2,6 +2,7 @@
 
     python scripts/label_task.py infer --image studies/P1.dcm --output_dir /tmp/out --ckpt_dir models
     python scripts/label_task.py train --manifest manifest.json --work_dir runs/label_train --ckpt_dir models
+    python scripts/label_task.py train --method mean_teacher --manifest manifest.json --work_dir runs/mt
 
 The app (``monailabel_app/``) starts it; by hand it is a quick way to see what the app will return.
 """
@@ -14,6 +15,7 @@ import logging
 from pathlib import Path
 
 from malignet_bundle.engines.label_tasks import infer_study, load_overrides, train_on_datastore
+from malignet_bundle.semi_supervised.selection import METHODS, method_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,6 +44,12 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--validation_fraction", type=float, default=0.2)
     train.add_argument("--from_scratch", action="store_true")
     train.add_argument("--tracking", default=None, choices=["mlflow"])
+    train.add_argument(
+        "--method",
+        default="ladder",
+        choices=sorted(METHODS),
+        help="; ".join(f"{name}: {what}" for name, what in METHODS.items()),
+    )
     args = parser.parse_args(argv)
     overrides = load_overrides(args.overrides)
     if args.task == "infer":
@@ -50,12 +58,15 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(json.dumps({"lesions": len(result["lesions"]), "output_dir": args.output_dir}))
     else:
+        # the method's overrides first, so an --overrides file (e.g. a network or a burn-in) still wins
+        fine_tuning = not args.from_scratch and (Path(args.ckpt_dir) / "model.pt").is_file()
+        method = method_overrides(args.method, Path(args.bundle_root) / "configs", teacher_ready=fine_tuning)
         result = train_on_datastore(
             json.loads(Path(args.manifest).read_text()),
             args.work_dir,
             args.bundle_root,
             args.ckpt_dir,
-            overrides,
+            {**method, **overrides},
             max_epochs=args.max_epochs,
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,

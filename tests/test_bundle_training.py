@@ -42,6 +42,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun_launcher(processes: int = 2) -> tuple[str, ...]:
+    """``python -m torch.distributed.run`` with ``processes`` local processes on a free port."""
+    return (
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(processes),
+        "--master_port",
+        str(_free_port()),
+    )
+
+
 def _command(
     tiny,
     name: str,
@@ -172,16 +185,7 @@ def test_bad_datalists_stop_with_what_is_wrong(tiny):
 
 def test_multi_gpu_config_runs_two_processes_with_gloo(tiny):
     """torchrun with 2 CPU processes: DDP over gloo, distributed samplers, only rank 0 logs and saves."""
-    launcher = (
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(_free_port()),
-        "-m",
-    )
+    launcher = (*torchrun_launcher(), "-m")
     result = _train(tiny, "ddp", "train.json", "multi_gpu_train.json", batch_size=1, launcher=launcher)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
@@ -282,6 +286,46 @@ def test_self_training_json_trains_on_labeled_plus_pseudo_labeled(tiny):
     assert re.search(r"\d+ images without detections kept", log), log[-4000:]
     # the trainer iterates over labeled + pseudo-labeled views: (4 + 4) / batch 2
     assert "Iter: 4/4" in log
+
+
+# the smoke profile's network: the mean-teacher run below tests wiring, not learning
+TINY_NETWORK = (
+    "--network_def#backbone",
+    "resnet18",
+    "--network_def#pyramid_channels",
+    "16",
+    "--network_def#representation_size",
+    "32",
+    "--network_def#global_channels",
+    "16",
+)
+
+
+def test_mean_teacher_json_trains_malignet_with_both_costs_and_serves_the_teacher(tiny):
+    """train.json + mean_teacher.json: ladder and teacher costs, the unsupervised loss in MLflow, model = teacher."""
+    from mlflow.tracking import MlflowClient
+
+    out = tiny / "mean_teacher_out"
+    extra = ("--tracking", "mlflow", "--output_dir", str(out), "--mean_teacher_burn_in", "1", *TINY_NETWORK)
+    result = _train(tiny, "mean_teacher", "train.json", "mean_teacher.json", extra=extra)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    assert "burn-in over after 1 iterations" in log and "loss_unsupervised" in log and "loss_ladder" in log
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")
+    (run,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    wanted = {"train_loss_unsupervised", "train_loss_ladder", "train_pseudo_lesions", "train_loss_mask_pseudo"}
+    assert wanted | {"val_mean_f1"} <= set(run.data.metrics)
+    # iteration 1 is burn-in (0), iteration 2 learns from the teacher's crops
+    assert run.data.metrics["train_loss_unsupervised"] > 0
+    assert run.data.params["semi_supervised"] == "MeanTeacher" and run.data.params["ema_decay"] == "0.9996"
+    latest = torch.load(tiny / "mean_teacher" / "latest_checkpoint_epoch=1.pt", weights_only=True)
+    assert {"model", "student", "optimizer", "trainer"} <= set(latest)
+    model = torch.load(tiny / "mean_teacher" / "model.pt", weights_only=True)
+    assert all(torch.equal(model[k], latest["model"][k]) for k in model)  # model.pt is the teacher
+    assert any(not torch.equal(latest["model"][k], latest["student"][k]) for k in model)
+    network = {TINY_NETWORK[i].split("#")[1]: TINY_NETWORK[i + 1] for i in range(0, len(TINY_NETWORK), 2)}
+    network = {k: v if k == "backbone" else int(v) for k, v in network.items()}
+    MaligNet(image_size=96, **network).load_state_dict(model)
 
 
 def _start(tiny, name: str, epochs: int, log_path, extra: tuple = ()) -> subprocess.Popen:

@@ -2,9 +2,10 @@
 
 A custom task rather than MONAI Label's ``BundleTrainTask``: that one hands a bundle a list of
 image/label pairs; MaligNet trains on per-view items with instance annotations *and* on the studies nobody
-has labeled yet (the ladder cost), which ``BundleTrainTask`` has no place for. The task lists the
-datastore's studies with and without a final label and the bundle's environment does the rest
-(``malignet_bundle.engines.label_tasks.train_on_datastore``).
+has labeled yet (the ladder cost, or a mean teacher's pseudo-labels), which ``BundleTrainTask`` has no
+place for. The task lists the datastore's studies with and without a final label and the bundle's
+environment does the rest (``malignet_bundle.engines.label_tasks.train_on_datastore``, with the chosen
+method's config overrides: ``malignet_bundle.semi_supervised.selection``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from lib.bundle import BundleRunner
 from malignet_bundle.atomic_io import write_json_atomic
+from malignet_bundle.semi_supervised.selection import METHODS
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +30,11 @@ class MaligNetTrainTask(TrainTask):
     """Fine-tune on the final labels plus every unlabeled study, then serve the new weights.
 
     Request params (defaults in :meth:`config`): ``max_epochs``, ``batch_size``, ``learning_rate``,
-    ``validation_fraction``, ``from_scratch`` (ignore the served weights), ``tracking`` (``"mlflow"``).
+    ``validation_fraction``, ``from_scratch`` (ignore the served weights), ``tracking`` (``"mlflow"``),
+    ``method``: the semi-supervised method, one of
+    :data:`~malignet_bundle.semi_supervised.selection.METHODS` (``ladder``, the default; ``mean_teacher``:
+    the ladder plus the served model as an EMA teacher labeling the unlabeled studies from the first step;
+    ``supervised``: the annotated studies only).
     Each training gets its own folder under ``work_root``. The served ``model.pt`` is replaced only when the
     training finished and the new model's validation mean F1 is not worse than the served model's on the
     same validation split; otherwise the new model is kept beside it as ``model_candidate_<time>.pt`` and the
@@ -36,7 +42,10 @@ class MaligNetTrainTask(TrainTask):
     """
 
     def __init__(self, runner: BundleRunner, work_root: str) -> None:
-        super().__init__("MaligNet: labeled studies (supervised) + unlabeled studies (ladder denoising cost)")
+        super().__init__(
+            "MaligNet: labeled studies (supervised) + unlabeled studies (ladder denoising cost by default; "
+            "method: " + ", ".join(METHODS) + ")"
+        )
         self.runner, self.work_root = runner, Path(work_root)
 
     def config(self) -> dict[str, Any]:
@@ -48,11 +57,16 @@ class MaligNetTrainTask(TrainTask):
             "validation_fraction": 0.2,
             "from_scratch": False,
             "tracking": "",
+            "method": "ladder",
         }
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
         """Train on the datastore; returns the bundle's summary (views used, best validation F1, model)."""
         params = {**self.config(), **{k: v for k, v in request.items() if k in self.config()}}
+        method = str(params["method"])
+        if method not in METHODS:
+            # before any file is written: the client sees which names exist
+            raise ValueError(f"unknown method {method!r}; choose among {', '.join(METHODS)}")
         final = DefaultLabelTag.FINAL.value
         manifest = {
             "labeled": [
@@ -76,8 +90,12 @@ class MaligNetTrainTask(TrainTask):
             args.append("--from_scratch")
         if params["tracking"]:
             args += ["--tracking", str(params["tracking"])]
+        args += ["--method", method]
         logger.info(
-            "training on %d labeled, %d unlabeled studies", len(manifest["labeled"]), len(manifest["unlabeled"])
+            "training (%s) on %d labeled, %d unlabeled studies",
+            method,
+            len(manifest["labeled"]),
+            len(manifest["unlabeled"]),
         )
         self.runner.run("train", *args, stream=True)
         result = json.loads((work / "result.json").read_text())
