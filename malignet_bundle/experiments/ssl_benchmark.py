@@ -1,7 +1,8 @@
 """The semi-supervised evidence: thesis Table 4 ablation and the Fig. 19/20 data sweeps, through the bundle.
 
 Every run is an ordinary bundle training (``configs/train.json``, with ``baseline.json`` for the rows
-without the ladder and ``self_training.json`` for the self-training row) followed by the bundle evaluation
+without the ladder, ``self_training.json`` for the self-training row and ``mean_teacher.json`` for the
+mean-teacher rows) followed by the bundle evaluation
 (``configs/evaluate.json``) on one fixed test split. What a run changes is written to its own folder as a
 config file merged last (``overrides.json``) next to the datalist it trained on, so any single run can be
 repeated with ``python -m monai.bundle run``. A run that finished has ``result.json`` and is skipped on the
@@ -22,7 +23,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -33,6 +34,8 @@ from malignet_bundle.networks.malignet import LESION_ANCHOR_SIZES
 
 __all__ = [
     "VARIANTS",
+    "Variant",
+    "MEAN_TEACHER_VARIANTS",
     "PROFILES",
     "SWEEPS",
     "DEFAULT_SWEEPS",
@@ -53,15 +56,51 @@ logger = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
-# variant → (Table 4 row, ladder FPN, global features, self-training)
-VARIANTS: dict[str, tuple[str, bool, bool, bool]] = {
-    "fpn": ("ResNet + FPN (Mask R-CNN)", False, False, False),
-    "fpn_global": ("ResNet + FPN w/ global features", False, True, False),
-    "lfpn": ("ResNet + LFPN w/o global features", True, False, False),
-    "malignet": ("ResNet + LFPN w/ global features (MaligNet)", True, True, False),
-    "malignet_st": ("MaligNet + self-training", True, True, True),
+
+class Variant(NamedTuple):
+    """One benchmark row: the network and the semi-supervised method.
+
+    Attributes:
+        row: the row's name (thesis Table 4 for the first five).
+        ladder: ladder FPN (and its cost on unlabeled scans).
+        global_features: global features in the box head.
+        self_training: pseudo-labels from a trained MaligNet of the same seed (``self_training.json``).
+        mean_teacher: an EMA teacher's pseudo-labels during training (``mean_teacher.json``).
+    """
+
+    row: str
+    ladder: bool
+    global_features: bool
+    self_training: bool
+    mean_teacher: bool = False
+
+    @property
+    def unlabeled(self) -> bool:
+        """Whether the run reads unlabeled scans (the ladder or the mean teacher)."""
+        return self.ladder or self.mean_teacher
+
+
+VARIANTS: dict[str, Variant] = {
+    "fpn": Variant("ResNet + FPN (Mask R-CNN)", False, False, False),
+    "fpn_global": Variant("ResNet + FPN w/ global features", False, True, False),
+    "lfpn": Variant("ResNet + LFPN w/o global features", True, False, False),
+    "malignet": Variant("ResNet + LFPN w/ global features (MaligNet)", True, True, False),
+    "malignet_st": Variant("MaligNet + self-training", True, True, True),
+    "fpn_mt": Variant("Mask R-CNN + mean teacher", False, False, False, mean_teacher=True),
+    "malignet_mt": Variant("MaligNet + mean teacher", True, True, False, mean_teacher=True),
 }
 TABLE4_VARIANTS = ("fpn", "fpn_global", "lfpn", "malignet", "malignet_st")
+# planned only when asked for (``variants``), then in every sweep beside the row without the teacher
+MEAN_TEACHER_VARIANTS = ("fpn_mt", "malignet_mt")
+VARIANT_COLORS = {
+    "fpn": "black",
+    "fpn_global": "tab:orange",
+    "lfpn": "tab:green",
+    "malignet": "tab:blue",
+    "malignet_st": "tab:purple",
+    "fpn_mt": "tab:brown",
+    "malignet_mt": "tab:cyan",
+}
 SWEEPS = ("table4", "labeled", "unlabeled", "why")
 DEFAULT_SWEEPS = ("table4", "labeled", "unlabeled")  # "why" is the follow-up investigation, run on demand
 # the Tables 4–7 figures the report shows, in this order (evaluate.json prefixes them with test_)
@@ -99,6 +138,7 @@ class Profile:
         labeled_fractions: Fig. 19 points, fractions of the labeled split.
         unlabeled_fractions: Fig. 20 points, fractions of the unlabeled split.
         chest_epochs: epochs of the chest detector trained when none is given.
+        mean_teacher: overrides of the mean-teacher rows (burn-in and EMA decay sized to ``iterations``).
     """
 
     name: str
@@ -115,6 +155,7 @@ class Profile:
     unlabeled_fractions: tuple[float, ...]
     chest_epochs: int
     extra: dict[str, Any] = field(default_factory=dict)
+    mean_teacher: dict[str, Any] = field(default_factory=dict)
 
 
 def _scaled_anchors(image_size: int) -> list[list[int]]:
@@ -137,6 +178,8 @@ PROFILES: dict[str, Profile] = {
         labeled_fractions=(0.25, 0.5, 0.75, 1.0),
         unlabeled_fractions=(0.0, 0.25, 0.5, 1.0),
         chest_epochs=30,
+        # Unbiased Teacher's COCO 1 % schedule: 2000 burn-in steps, decay 0.9996 (mean_teacher.json's defaults)
+        mean_teacher={"mean_teacher_burn_in": 2000, "ema_decay": 0.9996},
     ),
     "cpu": Profile(
         name="cpu",
@@ -161,6 +204,9 @@ PROFILES: dict[str, Profile] = {
         labeled_fractions=(0.25, 0.5, 1.0),
         unlabeled_fractions=(0.0, 0.25, 1.0),
         chest_epochs=25,
+        # half the 200 steps supervised; a decay whose time constant (100 steps) is the teaching half, since
+        # 0.9996 would leave the teacher 96 % the burnt-in student at the end
+        mean_teacher={"mean_teacher_burn_in": 100, "ema_decay": 0.99},
     ),
     "smoke": Profile(
         name="smoke",
@@ -183,6 +229,7 @@ PROFILES: dict[str, Profile] = {
         labeled_fractions=(0.5, 1.0),
         unlabeled_fractions=(0.0, 1.0),
         chest_epochs=1,
+        mean_teacher={"mean_teacher_burn_in": 1, "ema_decay": 0.5},
     ),
 }
 
@@ -239,20 +286,20 @@ class RunSpec:
             raise ValueError(f"unknown variant {self.variant!r}; choose from {list(VARIANTS)}")
         if self.variation and self.variation not in VARIATIONS:
             raise ValueError(f"unknown variation {self.variation!r}; choose from {list(VARIATIONS)}")
-        if not VARIANTS[self.variant][1]:  # without the ladder nothing reads unlabeled scans
+        if not VARIANTS[self.variant].unlabeled:  # without the ladder or a teacher nothing reads unlabeled scans
             object.__setattr__(self, "unlabeled_fraction", 0.0)
 
     @property
     def name(self) -> str:
         """Folder name, unique per run."""
-        unlabeled = f"-u{self.unlabeled_fraction:g}" if VARIANTS[self.variant][1] else ""
+        unlabeled = f"-u{self.unlabeled_fraction:g}" if VARIANTS[self.variant].unlabeled else ""
         variation = f"-{self.variation}" if self.variation else ""
         return f"{self.variant}-l{self.labeled_fraction:g}{unlabeled}-s{self.seed}{variation}"
 
     @property
     def teacher(self) -> RunSpec | None:
         """The MaligNet run whose model labels the unlabeled scans for a self-training run."""
-        if not VARIANTS[self.variant][3]:
+        if not VARIANTS[self.variant].self_training:
             return None
         return RunSpec("malignet", self.seed, self.labeled_fraction, self.unlabeled_fraction, self.variation)
 
@@ -269,7 +316,9 @@ def plan_runs(
     The labeled sweep compares Mask R-CNN and MaligNet; the unlabeled sweep varies MaligNet's unlabeled
     scans with all labels. Their full-data points are the Table 4 runs and are trained once. The ``why``
     sweep trains each :data:`VARIATIONS` change (or only ``variations``) next to the unchanged runs it is
-    compared with. A self-training run is preceded by its teacher.
+    compared with. A self-training run is preceded by its teacher. The :data:`MEAN_TEACHER_VARIANTS` are
+    planned only when ``variants`` names them, and then in every sweep: Table 4's rows, the labeled and the
+    unlabeled sweep's points, and the ``why`` sweep's unchanged references.
     """
     unknown = [s for s in sweeps if s not in SWEEPS]
     if unknown:
@@ -277,17 +326,22 @@ def plan_runs(
     changes = list(VARIATIONS) if variations is None else list(variations)
     if set(changes) - set(VARIATIONS):
         raise ValueError(f"unknown variations {sorted(set(changes) - set(VARIATIONS))}; choose from {list(VARIATIONS)}")
+    unknown_variants = sorted(set(variants or ()) - set(VARIANTS))
+    if unknown_variants:
+        raise ValueError(f"unknown variants {unknown_variants}; choose from {list(VARIANTS)}")
+    teachers = tuple(v for v in MEAN_TEACHER_VARIANTS if v in (variants or ()))
     runs: list[RunSpec] = []
     for seed in profile.seeds if seeds is None else seeds:
         wanted: list[RunSpec] = []
         if "table4" in sweeps:
-            wanted += [RunSpec(v, seed) for v in TABLE4_VARIANTS]
+            wanted += [RunSpec(v, seed) for v in (*TABLE4_VARIANTS, *teachers)]
         if "labeled" in sweeps:
-            wanted += [RunSpec(v, seed, f) for f in profile.labeled_fractions for v in ("fpn", "malignet")]
+            pairs = ("fpn", "malignet", *teachers)
+            wanted += [RunSpec(v, seed, f) for f in profile.labeled_fractions for v in pairs]
         if "unlabeled" in sweeps:
-            wanted += [RunSpec("malignet", seed, 1.0, f) for f in profile.unlabeled_fractions]
+            wanted += [RunSpec(v, seed, 1.0, f) for v in ("malignet", *teachers) for f in profile.unlabeled_fractions]
         if "why" in sweeps:
-            wanted += [RunSpec(v, seed) for v in ("fpn", "malignet")]
+            wanted += [RunSpec(v, seed) for v in ("fpn", "malignet", *teachers)]
             wanted += [RunSpec(v, seed, variation=k) for k in changes for v in VARIATIONS[k].variants]
         if variants is not None:
             wanted = [r for r in wanted if r.variant in variants]
@@ -350,12 +404,14 @@ def subset_datalist(datalist: Mapping[str, list[dict]], run: RunSpec) -> dict[st
 
 
 def _config_files(run: RunSpec) -> list[Path]:
-    _, ladder, _, self_training = VARIANTS[run.variant]
+    variant = VARIANTS[run.variant]
     files = [CONFIG_DIR / "train.json"]
-    if not ladder:
+    if not variant.ladder:
         files.append(CONFIG_DIR / "baseline.json")
-    if self_training:
+    if variant.self_training:
         files.append(CONFIG_DIR / "self_training.json")
+    if variant.mean_teacher:
+        files.append(CONFIG_DIR / "mean_teacher.json")
     return files
 
 
@@ -397,9 +453,9 @@ def run_overrides(
     """The config merged last for ``run``: paths, schedule, network variant and cached datasets."""
     from monai.bundle import ConfigParser
 
-    _, ladder, global_features, self_training = VARIANTS[run.variant]
+    variant = VARIANTS[run.variant]
     variation = VARIATIONS[run.variation] if run.variation else Variation("")
-    iterations = profile.self_training_iterations if self_training else profile.iterations
+    iterations = profile.self_training_iterations if variant.self_training else profile.iterations
     iterations = round(iterations * variation.iterations_factor)
     epochs, epoch_length = _schedule(iterations, len(datalist["labeled"]), profile.batch_size)
     overrides: dict[str, Any] = {
@@ -416,16 +472,17 @@ def run_overrides(
         "batch_size": profile.batch_size,
         "image_size": profile.image_size,
         "warmup_iterations": profile.warmup_iterations,
-        "network_def#global_features": global_features,
+        "network_def#global_features": variant.global_features,
         "network_def#anchor_sizes": _scaled_anchors(profile.image_size),
         **{f"network_def#{k}": v for k, v in profile.network.items()},
         **profile.extra,
+        **(profile.mean_teacher if variant.mean_teacher else {}),
         **variation.overrides,
     }
-    if ladder and not datalist["unlabeled"]:
+    if variant.unlabeled and not datalist["unlabeled"]:
         overrides["train#trainer#unlabeled_data_loader"] = None
         overrides["train#unlabeled_dataset#data"] = []
-    if self_training:
+    if variant.self_training:
         teacher = run.teacher
         assert teacher is not None
         overrides["pretrained_checkpoint"] = str(run_dir.parent / teacher.name / "models" / "model.pt")
@@ -537,7 +594,7 @@ def execute_run(
         "name": run.name,
         "profile": profile.name,
         "labeled_views": len(datalist["labeled"]),
-        "unlabeled_views": len(datalist["unlabeled"]) if VARIANTS[run.variant][1] else 0,
+        "unlabeled_views": len(datalist["unlabeled"]) if VARIANTS[run.variant].unlabeled else 0,
         "epochs": overrides["epochs"],
         "train_seconds": round(trained - started, 1) if train_seconds is None else train_seconds,
         "evaluate_seconds": round(time.perf_counter() - trained, 1),
@@ -562,7 +619,7 @@ def aggregate(results: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for (variant, labeled, unlabeled, variation), members in groups.items():
         row: dict[str, Any] = {
             "variant": variant,
-            "row": VARIANTS[variant][0],
+            "row": VARIANTS[variant].row,
             "labeled_fraction": labeled,
             "unlabeled_fraction": unlabeled,
             "variation": variation,
@@ -598,7 +655,7 @@ def _table(rows: Sequence[Mapping[str, Any]], label: str, label_of: Any) -> str:
 def _find(
     rows: Sequence[Mapping[str, Any]], variant: str, labeled: float, unlabeled: float, variation: str = ""
 ) -> dict | None:
-    unlabeled = unlabeled if VARIANTS[variant][1] else 0.0
+    unlabeled = unlabeled if VARIANTS[variant].unlabeled else 0.0
     wanted = (variant, labeled, unlabeled, variation)
     for row in rows:
         if (row["variant"], row["labeled_fraction"], row["unlabeled_fraction"], row["variation"]) == wanted:
@@ -608,7 +665,7 @@ def _find(
 
 def _uses_all_data(run: Mapping[str, Any]) -> bool:
     """Whether ``run`` (a :class:`RunSpec` as a dict) trained on every labeled and, if it uses them, unlabeled scan."""
-    all_unlabeled = run["unlabeled_fraction"] == 1.0 or not VARIANTS[run["variant"]][1]
+    all_unlabeled = run["unlabeled_fraction"] == 1.0 or not VARIANTS[run["variant"]].unlabeled
     return run["labeled_fraction"] == 1.0 and all_unlabeled
 
 
@@ -656,8 +713,9 @@ def _plot_why(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     from malignet_bundle.outputs.evaluation_report import save_figure
 
     fig, axes = plt.subplots(1, len(PLOTTED_METRICS), figsize=(11, 0.35 * len(rows) + 1.4), sharey=True)
-    labels = [f"{'Mask R-CNN' if r['variant'] == 'fpn' else 'MaligNet'}: {r['change']}" for r in rows]
-    colors = ["tab:grey" if r["variant"] == "fpn" else "tab:blue" for r in rows]
+    short = {"fpn": "Mask R-CNN", "malignet": "MaligNet"}
+    labels = [f"{short.get(r['variant'], VARIANTS[r['variant']].row)}: {r['change']}" for r in rows]
+    colors = [VARIANT_COLORS[r["variant"]] if r["variant"] != "fpn" else "tab:grey" for r in rows]
     y = np.arange(len(rows))[::-1]
     for ax, (key, label) in zip(axes, PLOTTED_METRICS.items(), strict=True):
         err = [0.0 if math.isnan(r[f"{key}_std"]) else r[f"{key}_std"] for r in rows]
@@ -688,7 +746,7 @@ def _plot_threshold_curves(results: Sequence[Mapping[str, Any]], path: Path) -> 
 
     from malignet_bundle.outputs.evaluation_report import save_figure
 
-    colors = dict(zip(TABLE4_VARIANTS, ("black", "tab:orange", "tab:green", "tab:blue", "tab:purple"), strict=True))
+    colors = VARIANT_COLORS
     styles = dict(
         zip(
             VARIATIONS,
@@ -698,11 +756,11 @@ def _plot_threshold_curves(results: Sequence[Mapping[str, Any]], path: Path) -> 
     )
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     order = ["", *VARIATIONS]
-    for variant, variation in sorted(groups, key=lambda g: (order.index(g[1]), TABLE4_VARIANTS.index(g[0]))):
+    for variant, variation in sorted(groups, key=lambda g: (order.index(g[1]), list(VARIANTS).index(g[0]))):
         curves = groups[(variant, variation)]
         x = np.asarray(curves[0]["thresholds"])
         y = np.asarray([c["mean_f1"] for c in curves])
-        label = VARIANTS[variant][0] + (f", {VARIATIONS[variation].description}" if variation else "")
+        label = VARIANTS[variant].row + (f", {VARIATIONS[variation].description}" if variation else "")
         label += f" ({len(curves)} seed{'s' if len(curves) > 1 else ''})"
         style = dict(color=colors[variant], linestyle=styles.get(variation, "-"))
         ax.plot(x, y.mean(0), label=label, **style)
@@ -768,12 +826,17 @@ def write_report(
     from malignet_bundle.atomic_io import write_text_atomic
 
     rows = aggregate(results)
-    table4 = [r for v in TABLE4_VARIANTS if (r := _find(rows, v, 1.0, 1.0)) is not None]
+    table4 = [r for v in (*TABLE4_VARIANTS, *MEAN_TEACHER_VARIANTS) if (r := _find(rows, v, 1.0, 1.0)) is not None]
     labeled = {
-        VARIANTS[v][0]: [r for f in profile.labeled_fractions if (r := _find(rows, v, f, 1.0)) is not None]
-        for v in ("fpn", "malignet")
+        VARIANTS[v].row: [r for f in profile.labeled_fractions if (r := _find(rows, v, f, 1.0)) is not None]
+        for v in ("fpn", "malignet", *MEAN_TEACHER_VARIANTS)
     }
-    unlabeled = [r for f in profile.unlabeled_fractions if (r := _find(rows, "malignet", 1.0, f)) is not None]
+    by_unlabeled = {
+        VARIANTS[v].row: [r for f in profile.unlabeled_fractions if (r := _find(rows, v, 1.0, f)) is not None]
+        for v in ("malignet", *MEAN_TEACHER_VARIANTS)
+    }
+    by_unlabeled = {name: series for name, series in by_unlabeled.items() if series}
+    unlabeled = [r for series in by_unlabeled.values() for r in series]
     why = _why_rows(results) if any(r["run"].get("variation") for r in results) else []
     if why:
         _plot_why(why, output_dir / "why.png")
@@ -785,9 +848,9 @@ def write_report(
             "Labeled-data sweep (thesis Fig. 19)",
             output_dir / "labeled_sweep.png",
         )
-    if len(unlabeled) > 1:
+    if any(len(series) > 1 for series in by_unlabeled.values()):
         _plot_sweep(
-            {VARIANTS["malignet"][0]: unlabeled},
+            by_unlabeled,
             "unlabeled_views",
             "unlabeled training views",
             "Unlabeled-data sweep (thesis Fig. 20)",
@@ -833,7 +896,9 @@ def write_report(
         parts += [
             "### Unlabeled-data sweep (Fig. 20)",
             "",
-            _table(unlabeled, "unlabeled views", lambda r: str(r["unlabeled_views"])),
+            _table(unlabeled, "unlabeled views", lambda r: str(r["unlabeled_views"]))
+            if len(by_unlabeled) == 1
+            else _table(unlabeled, "row, unlabeled views", lambda r: f"{r['row']}, {r['unlabeled_views']}"),
             "",
         ]
     if why:
