@@ -71,11 +71,13 @@ infer: $(VENV)/.installed
 $(LABEL_STUDIES): | $(DATA)/datalist.json
 	mkdir -p $(dir $@) && cp -r $(DATA)/studies $@
 
+# the server serves the demo's model, so it gets the same network size (cpu.json is a flat override file);
 # the server runs in $(LABEL_VENV) (its launcher calls `python` from PATH) and hands requests to $(VENV)
 label-server: $(VENV)/.installed $(LABEL_VENV)/.installed $(MODELS)/chest_detector.pt | $(LABEL_STUDIES)
 	PATH="$(CURDIR)/$(LABEL_VENV)/bin:$$PATH" monailabel start_server --app monailabel_app \
 		--studies $(LABEL_STUDIES) --host $(LABEL_HOST) --port $(LABEL_PORT) \
-		--conf ckpt_dir $(CURDIR)/$(MODELS) --conf bundle_python $(CURDIR)/$(PY)
+		--conf ckpt_dir $(CURDIR)/$(MODELS) --conf bundle_python $(CURDIR)/$(PY) \
+		$(if $(SIZE_CONFIG),--conf overrides $(CURDIR)/configs/cpu.json)
 
 # thesis Table 4 and Figs. 19-20 on synthetic data; ~2 h on 2 cores, resumable (docs/BENCHMARKS.md)
 benchmark-ssl: $(VENV)/.installed
