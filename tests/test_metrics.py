@@ -15,7 +15,7 @@ import torch
 from ignite.engine import Engine
 
 from malignet_bundle.metrics import evaluation as ev
-from malignet_bundle.metrics.lesion import LesionF1, binarize_masks, mask_iou, match_lesions
+from malignet_bundle.metrics.lesion import LesionF1, binarize_masks, mask_iou, match_lesions, match_pairs
 from malignet_bundle.metrics.operating_point import OperatingPointF1, choose_operating_threshold
 from malignet_bundle.metrics.records import image_records
 
@@ -130,6 +130,80 @@ def test_right_place_wrong_class():
     assert s["classification_accuracy"] == 0.0 and s["classification_mean_accuracy"] == 0.0
     assert result.per_image[0]["metastasis"] == "FN"
     assert s["ap"] == 0.0 and math.isnan(result.detail["coco"]["per_class"][2]["ap"])
+
+
+def _wrong_class_duplicate():
+    """Image 1: a malignant lesion, found by a wrong-class detection (0.9) above a right-class one (0.8) on the
+    same mask; image 2: a class-3 lesion found by one right detection. The two matching rules differ on image 1.
+    """
+    predictions = [pred([A, A], [2, 1], [0.9, 0.8]), pred([B], [3], [0.95])]
+    return predictions, [truth([A], [1]), truth([B], [3])]
+
+
+def test_matching_rules_differ_on_a_wrong_class_duplicate():
+    predictions, targets = _wrong_class_duplicate()
+    agnostic = ev.evaluate_lesions(predictions, targets, 4)  # the default rule
+    per_class = ev.evaluate_lesions(predictions, targets, 4, matching="per_class")
+    # class-agnostic: the 0.9 class-2 detection takes the lesion, the class-1 one is a false positive
+    seg = agnostic.detail["segmentation"]["per_class"]
+    assert [(seg[c]["predicted"], seg[c]["support"], seg[c]["matched"]) for c in (1, 2, 3)] == [
+        (1, 1, 0),
+        (1, 0, 0),
+        (1, 1, 1),
+    ]
+    assert (agnostic.scalars["mean_precision"], agnostic.scalars["mean_sensitivity"]) == (0.5, 0.5)
+    assert agnostic.scalars["mean_f1"] == 0.5 and agnostic.scalars["class_1_f1"] == 0.0
+    assert agnostic.detail["matching"] == "class_agnostic"
+    # per class (COCO-style): the class-1 detection takes it, the class-2 one is the false positive
+    seg = per_class.detail["segmentation"]["per_class"]
+    assert [(seg[c]["predicted"], seg[c]["support"], seg[c]["matched"]) for c in (1, 2, 3)] == [
+        (1, 1, 1),
+        (1, 0, 0),
+        (1, 1, 1),
+    ]
+    assert per_class.scalars["mean_f1"] == 1.0 and per_class.scalars["class_1_precision"] == 1.0
+    assert per_class.scalars["class_2_precision"] == 0.0
+    # Table 7 follows the rule: the malignant lesion is found only when the malignant detection may take it
+    assert [row["metastasis"] for row in agnostic.per_image] == ["FN", "TN"]
+    assert [row["metastasis"] for row in per_class.per_image] == ["TP", "TN"]
+    assert [row["matched_same_class"] for row in agnostic.per_image] == [0, 1]
+    assert [row["matched_same_class"] for row in per_class.per_image] == [1, 1]
+    for result in (agnostic, per_class):
+        s = result.scalars
+        # localization and classification ignore the class by definition: 2 of 3 detections on 2 lesions
+        assert s["localization_precision"] == pytest.approx(2 / 3) and s["localization_f1"] == pytest.approx(0.8)
+        assert result.detail["classification"]["confusion"][0].tolist() == [0, 1, 0, 0]
+        assert [row["localization_tp"] for row in result.per_image] == [1, 1]
+        # Table 4 under both rules, whatever the headline rule
+        assert s["mean_f1_class_agnostic_matching"] == 0.5 and s["mean_f1_per_class_matching"] == 1.0
+        assert s["mean_precision_per_class_matching"] == 1.0
+    # the same figures at the model's own operating threshold, and the key metric under each rule
+    at = ev.evaluate_lesions(predictions, targets, 4, matching="per_class", operating_threshold=0.85)
+    assert at.scalars["operating_mean_f1"] == 0.5  # above 0.85 only the wrong-class detection is left on image 1
+    assert at.scalars["operating_mean_f1_per_class_matching"] == 0.5
+    for rule, expected in (("class_agnostic", 0.5), ("per_class", 1.0)):
+        key = LesionF1(num_classes=4, matching=rule)
+        key.update((predictions, targets))
+        assert key.compute() == expected
+        metric = ev.LesionMetrics(num_classes=4, matching=rule)
+        metric.update((predictions, targets))
+        assert metric.compute()["mean_f1"] == expected
+
+
+def test_per_class_matching_on_an_iou_matrix_and_bad_rules():
+    iou = np.array([[0.9, 0.6], [0.8, 0.0]])
+    scores, pred_labels, gt_labels = np.array([0.9, 0.8]), np.array([2, 1]), np.array([1, 2])
+    assert match_pairs(iou, scores, pred_labels, gt_labels) == [(0, 0)]  # highest IoU first, class ignored
+    assert match_pairs(iou, scores, pred_labels, gt_labels, matching="per_class") == [(0, 1), (1, 0)]
+    assert match_pairs(iou, scores, pred_labels, gt_labels, 0.7, "per_class") == [(1, 0)]  # 0.6 is too little
+    assert match_pairs(np.zeros((0, 1)), np.zeros(0), np.zeros(0), np.array([1]), matching="per_class") == []
+    predictions, targets = _wrong_class_duplicate()
+    with pytest.raises(ValueError, match="matching must be one of"):
+        ev.evaluate_lesions(predictions, targets, 4, matching="coco")
+    with pytest.raises(ValueError, match="matching must be one of"):
+        LesionF1(matching="per-class")
+    with pytest.raises(ValueError, match="needs pred_labels"):
+        match_lesions(A[None], torch.tensor([0.9]), A[None], matching="per_class")
 
 
 def test_class_weighted_means_follow_ground_truth_support():
@@ -444,6 +518,7 @@ def test_scalar_names():
         "pixel_sensitivity",
         "best_mean_f1",
         "best_mean_f1_threshold",
+        *(f"mean_{k}_{rule}_matching" for k in ("precision", "sensitivity", "f1") for rule in ev.MATCHING_RULES),
     }
     assert set(scalars) == {f"test_{k}" for k in expected}
     assert all(re.fullmatch(r"[A-Za-z0-9_\-./]+", k) for k in scalars)

@@ -5,7 +5,13 @@ builds them from per-image prediction and target dicts, matching each image once
 runs them all, and :class:`LesionMetrics` is the ignite metric the evaluators attach.
 
 - Matching: prediction ↔ ground truth when mask IoU ≥ ``iou_threshold`` (0.5), one-to-one, greedy in
-  descending score, class-agnostic (:func:`~malignet_bundle.metrics.lesion.match_lesions`).
+  descending score (:func:`~malignet_bundle.metrics.lesion.match_pairs`). ``matching`` picks the rule of the
+  class-aware families (Table 4, Table 7, the mean-F1 curve): ``"class_agnostic"`` (default: match on IoU,
+  then check the class) or ``"per_class"`` (COCO-style: only a prediction of the lesion's class can take
+  it). Table 5 (localization) and Table 6 (classification of the localized lesions) ignore the class by
+  definition and always use the class-agnostic pairs. Table 4's means are also reported under both rules,
+  whatever ``matching`` is, as ``mean_<precision|sensitivity|f1>_<rule>_matching``, so a comparison can read
+  how much of a score is the rule.
 - Table 4 (:func:`lesion_segmentation_metrics`): per class c, precision = predictions of c matched to a ground
   truth of c / predictions of c; sensitivity = the same count / ground-truth lesions of c; F1; means weighted
   by ground-truth support.
@@ -53,7 +59,16 @@ from ignite.metrics.metric import reinit__is_reduced
 
 from malignet_bundle.metrics.coco import coco_ap
 from malignet_bundle.metrics.froc import FROC_RATES, froc
-from malignet_bundle.metrics.lesion import LesionCounts, class_weighted_f1, f1_score, safe_ratio
+from malignet_bundle.metrics.lesion import (
+    MATCHING_RULES,
+    LesionCounts,
+    check_matching,
+    class_weighted_f1,
+    f1_score,
+    match_pairs,
+    rle_iou,
+    safe_ratio,
+)
 from malignet_bundle.metrics.pixel import pixel_metrics, pixel_scores
 from malignet_bundle.metrics.records import ImageRecord, image_records
 
@@ -62,6 +77,8 @@ __all__ = [
     "ImageRecord",
     "EvaluationResult",
     "image_records",
+    "MATCHING_RULES",
+    "rematch_records",
     "lesion_segmentation_metrics",
     "localization_metrics",
     "classification_metrics",
@@ -103,6 +120,40 @@ class EvaluationResult:
     scalars: dict[str, float]
     detail: dict[str, Any]
     per_image: list[dict[str, Any]]
+
+
+def rematch_records(records: Sequence[ImageRecord], matching: str, iou_threshold: float = 0.5) -> list[ImageRecord]:
+    """``records`` with their pairs matched again under the ``matching`` rule, from their run-length encodings.
+
+    Args:
+        records: per-image records of :func:`~malignet_bundle.metrics.records.image_records` (class-agnostic
+            pairs, every prediction kept).
+        matching: one of :data:`~malignet_bundle.metrics.lesion.MATCHING_RULES`; ``"class_agnostic"``
+            returns the records as they are.
+        iou_threshold: the smallest mask IoU of a match (the one the records were matched with).
+
+    Returns:
+        New records (the inputs are not modified); only ``pairs`` differs.
+
+    Raises:
+        ValueError: for an unknown rule.
+    """
+    if check_matching(matching) == "class_agnostic":
+        return list(records)
+    return [
+        replace(
+            r,
+            pairs=match_pairs(
+                rle_iou(r.pred_rles, r.gt_rles), r.pred_scores, r.pred_labels, r.gt_labels, iou_threshold, matching
+            ),
+        )
+        for r in records
+    ]
+
+
+def _with_pairs(records: Sequence[ImageRecord], like: Sequence[ImageRecord]) -> list[ImageRecord]:
+    """``records`` with the pairs of ``like`` (same images, every prediction): matching ignores the threshold."""
+    return [replace(r, pairs=other.pairs) for r, other in zip(records, like, strict=True)]
 
 
 def lesion_segmentation_metrics(records: Sequence[ImageRecord], num_classes: int) -> dict[str, Any]:
@@ -254,15 +305,24 @@ def metastasis_metrics(records: Sequence[ImageRecord], malignant_label: int = 1)
     }
 
 
-def per_image_rows(records: Sequence[ImageRecord], malignant_label: int = 1) -> list[dict[str, Any]]:
+def per_image_rows(
+    records: Sequence[ImageRecord], malignant_label: int = 1, class_records: Sequence[ImageRecord] | None = None
+) -> list[dict[str, Any]]:
     """One row per image for a CSV.
 
     Columns: ``index``, ``image``, ``patient_id``, ``ground_truth`` / ``predicted`` (lesions),
     ``localization_tp`` (matched pairs) / ``localization_fp`` / ``localization_fn``, ``matched_same_class``,
     ``malignant_ground_truth`` / ``malignant_predicted`` (lesions), ``metastasis`` (TP/FP/FN/TN), ``pixel_dice``.
+
+    Args:
+        records: per-image records with class-agnostic pairs (the localization columns).
+        malignant_label: the class of metastases.
+        class_records: the same images with the pairs of the class-aware rule (``matched_same_class`` and
+            ``metastasis``); default: ``records``.
     """
+    class_records = records if class_records is None else class_records
     rows = []
-    for i, r in enumerate(records):
+    for i, (r, c) in enumerate(zip(records, class_records, strict=True)):
         matched = len(r.pairs)
         rows.append(
             {
@@ -274,10 +334,10 @@ def per_image_rows(records: Sequence[ImageRecord], malignant_label: int = 1) -> 
                 "localization_tp": matched,
                 "localization_fp": len(r.pred_labels) - matched,
                 "localization_fn": len(r.gt_labels) - matched,
-                "matched_same_class": sum(int(r.pred_labels[p] == r.gt_labels[g]) for p, g in r.pairs),
+                "matched_same_class": sum(int(c.pred_labels[p] == c.gt_labels[g]) for p, g in c.pairs),
                 "malignant_ground_truth": int((r.gt_labels == malignant_label).sum()),
                 "malignant_predicted": int((r.pred_labels == malignant_label).sum()),
-                "metastasis": metastasis_outcome(r, malignant_label),
+                "metastasis": metastasis_outcome(c, malignant_label),
                 "pixel_dice": pixel_scores(r.pixel_tp, r.pixel_fp, r.pixel_fn)["dice"],
             }
         )
@@ -285,7 +345,10 @@ def per_image_rows(records: Sequence[ImageRecord], malignant_label: int = 1) -> 
 
 
 def score_threshold_curve(
-    records: Sequence[ImageRecord], num_classes: int, thresholds: Sequence[float] = SCORE_THRESHOLDS
+    records: Sequence[ImageRecord],
+    num_classes: int,
+    thresholds: Sequence[float] = SCORE_THRESHOLDS,
+    class_records: Sequence[ImageRecord] | None = None,
 ) -> dict[str, Any]:
     """Mean F1 (Table 4) and localization F1 (Table 5) with the operating point moved to each threshold.
 
@@ -297,16 +360,20 @@ def score_threshold_curve(
         records: per-image records holding every prediction (their own ``score_threshold`` is ignored).
         num_classes: lesion classes 1..C.
         thresholds: the operating points, ascending.
+        class_records: the same images with the pairs of the class-aware rule, for the mean F1; default:
+            ``records``.
 
     Returns:
         ``thresholds``, ``mean_f1`` and ``localization_f1`` (lists, one value per threshold), and
         ``best_threshold`` / ``best_mean_f1``: the point of highest mean F1 (the lowest threshold on ties).
         The best point is chosen on these same records, so it is optimistic.
     """
+    class_records = records if class_records is None else class_records
     mean_f1, localization_f1 = [], []
     for threshold in thresholds:
         at = [replace(r, score_threshold=threshold).at_operating_point() for r in records]
-        mean_f1.append(float(lesion_segmentation_metrics(at, num_classes)["mean_f1"]))
+        at_class = [replace(r, score_threshold=threshold).at_operating_point() for r in class_records]
+        mean_f1.append(float(lesion_segmentation_metrics(at_class, num_classes)["mean_f1"]))
         localization_f1.append(float(localization_metrics(at)["f1"]))
     best = int(np.argmax(mean_f1)) if mean_f1 else 0
     return {
@@ -323,24 +390,45 @@ def _rate_name(rate: float) -> str:
 
 
 def thresholded_metrics(
-    records: Sequence[ImageRecord], num_classes: int, malignant_label: int = 1
+    records: Sequence[ImageRecord],
+    num_classes: int,
+    malignant_label: int = 1,
+    per_class_records: Sequence[ImageRecord] | None = None,
+    matching: str = "class_agnostic",
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """The :data:`THRESHOLDED_FAMILIES` (Tables 4–7, pixel scores) at the records' own ``score_threshold``.
 
     Args:
-        records: per-image records (their ``score_threshold`` is the operating point).
+        records: per-image records with class-agnostic pairs (their ``score_threshold`` is the operating point).
         num_classes: lesion classes 1..C.
         malignant_label: the class of metastases (Table 7).
+        per_class_records: the same records with per-class pairs (:func:`rematch_records`); when given, Table
+            4's means are also returned under both rules (``mean_*_<rule>_matching``). Needed for
+            ``matching="per_class"``.
+        matching: the rule of Tables 4 and 7 (see the module docstring).
 
     Returns:
         The scalars (names as in :func:`evaluate_records`, without prefix) and the detail of each family.
+
+    Raises:
+        ValueError: for an unknown rule, or per-class matching without ``per_class_records``.
     """
+    if check_matching(matching) == "per_class" and per_class_records is None:
+        raise ValueError("per-class matching needs per_class_records (rematch_records)")
     operating = [r.at_operating_point() for r in records]
-    segmentation = lesion_segmentation_metrics(operating, num_classes)
+    by_rule = {"class_agnostic": operating}
+    if per_class_records is not None:
+        by_rule["per_class"] = [r.at_operating_point() for r in _with_pairs(records, per_class_records)]
+    class_aware = by_rule[matching]
+    segmentation = lesion_segmentation_metrics(class_aware, num_classes)
     localization = localization_metrics(operating)
     classification = classification_metrics(operating, num_classes)
-    metastasis = metastasis_metrics(operating, malignant_label)
+    metastasis = metastasis_metrics(class_aware, malignant_label)
     pixels = pixel_metrics(operating, num_classes)
+    both_rules = {}
+    for rule, rule_records in by_rule.items():
+        means = segmentation if rule == matching else lesion_segmentation_metrics(rule_records, num_classes)
+        both_rules.update({f"{k}_{rule}_matching": means[k] for k in ("mean_precision", "mean_sensitivity", "mean_f1")})
     scalars = {
         **{k: segmentation[k] for k in ("mean_precision", "mean_sensitivity", "mean_f1")},
         **{
@@ -357,8 +445,10 @@ def thresholded_metrics(
             for k in ("accuracy", "precision", "recall", "specificity", "f1")
         },
         **{f"pixel_{k}": pixels[k] for k in ("dice", "precision", "sensitivity")},
+        **both_rules,
     }
     detail = {
+        "matching": matching,
         "segmentation": segmentation,
         "localization": localization,
         "classification": classification,
@@ -375,6 +465,8 @@ def evaluate_records(
     prefix: str = "",
     max_detections: int = 100,
     operating_threshold: float | None = None,
+    matching: str = "class_agnostic",
+    iou_threshold: float = 0.5,
 ) -> EvaluationResult:
     """Every metric family on ``records``.
 
@@ -387,6 +479,8 @@ def evaluate_records(
         max_detections: COCO ``maxDets`` (detections kept per image for AP).
         operating_threshold: the model's own operating threshold; when given, the thresholded families are
             also computed at it, from the same matching (:meth:`ImageRecord.with_score_threshold`).
+        matching: the rule of the class-aware families (module docstring); ``records`` hold class-agnostic pairs.
+        iou_threshold: the IoU the records were matched with, for the per-class pairs.
 
     Returns:
         The scalars, under these names (after ``prefix``): ``mean_precision``, ``mean_sensitivity``,
@@ -394,15 +488,22 @@ def evaluate_records(
         ``classification_accuracy``, ``classification_mean_accuracy|precision|sensitivity|specificity|f1``,
         ``metastasis_image_accuracy|precision|recall|specificity|f1``, the same for ``metastasis_patient_``,
         ``ap``, ``ap50``, ``ap75``, ``froc_cpm``, ``froc_sensitivity_at_<rate>`` (rates 0.125 … 8),
-        ``pixel_dice|precision|sensitivity``, ``best_mean_f1`` and ``best_mean_f1_threshold`` (the top of
-        :func:`score_threshold_curve`, optimistic); with ``operating_threshold`` also ``operating_threshold``
-        and every thresholded name again as ``operating_<name>``; the detail; the per-image rows (at the
-        operating threshold when given).
+        ``pixel_dice|precision|sensitivity``, ``mean_precision|sensitivity|f1_class_agnostic_matching`` and
+        ``..._per_class_matching`` (Table 4 under each rule), ``best_mean_f1`` and ``best_mean_f1_threshold``
+        (the top of :func:`score_threshold_curve`, optimistic); with ``operating_threshold`` also
+        ``operating_threshold`` and every thresholded name again as ``operating_<name>``; the detail; the
+        per-image rows (at the operating threshold when given).
+
+    Raises:
+        ValueError: for an unknown ``matching``.
     """
-    scalars, detail = thresholded_metrics(records, num_classes, malignant_label)
+    check_matching(matching)
+    per_class = rematch_records(records, "per_class", iou_threshold)
+    class_aware = per_class if matching == "per_class" else records
+    scalars, detail = thresholded_metrics(records, num_classes, malignant_label, per_class, matching)
     coco = coco_ap(records, num_classes, max_detections)  # ranking metrics: every prediction
     curve = froc(records)
-    threshold_curve = score_threshold_curve(records, num_classes)
+    threshold_curve = score_threshold_curve(records, num_classes, class_records=class_aware)
     scalars = {
         **scalars,
         **{k: coco[k] for k in ("ap", "ap50", "ap75")},
@@ -415,11 +516,17 @@ def evaluate_records(
     rows = records
     if operating_threshold is not None:
         rows = [r.with_score_threshold(float(operating_threshold)) for r in records]
-        operating_scalars, operating_detail = thresholded_metrics(rows, num_classes, malignant_label)
+        operating_scalars, operating_detail = thresholded_metrics(
+            rows, num_classes, malignant_label, per_class, matching
+        )
         scalars["operating_threshold"] = float(operating_threshold)
         scalars.update({f"operating_{k}": v for k, v in operating_scalars.items()})
         detail["operating_point"] = {"threshold": float(operating_threshold), **operating_detail}
-    per_image = per_image_rows([r.at_operating_point() for r in rows], malignant_label)
+    per_image = per_image_rows(
+        [r.at_operating_point() for r in rows],
+        malignant_label,
+        [r.at_operating_point() for r in _with_pairs(rows, class_aware)],
+    )
     return EvaluationResult({f"{prefix}{k}": float(v) for k, v in scalars.items()}, detail, per_image)
 
 
@@ -434,6 +541,7 @@ def evaluate_lesions(
     max_detections: int = 100,
     score_threshold: float = 0.0,
     operating_threshold: float | None = None,
+    matching: str = "class_agnostic",
 ) -> EvaluationResult:
     """All metrics of the module docstring on per-image prediction and target dicts.
 
@@ -448,9 +556,18 @@ def evaluate_lesions(
         max_detections: COCO ``maxDets``.
         score_threshold: operating point of the thresholded metrics (AP and FROC use every prediction).
         operating_threshold: a second operating point for the thresholded metrics (``operating_`` names).
+        matching: the rule of the class-aware families (module docstring).
+
+    Returns:
+        The :class:`EvaluationResult` of :func:`evaluate_records`.
+
+    Raises:
+        ValueError: for an unknown ``matching``.
     """
     records = image_records(predictions, targets, iou_threshold, patient_ids, score_threshold)
-    return evaluate_records(records, num_classes, malignant_label, prefix, max_detections, operating_threshold)
+    return evaluate_records(
+        records, num_classes, malignant_label, prefix, max_detections, operating_threshold, matching, iou_threshold
+    )
 
 
 class LesionMetrics(Metric):
@@ -478,6 +595,11 @@ class LesionMetrics(Metric):
         operating_threshold: the model's own operating threshold; when given, the thresholded metrics are
             reported at it too, as ``<prefix>operating_<name>`` (``evaluate.json``: at the threshold stored
             with the model, beside the thesis's 0.7 under the plain names).
+        matching: the rule of the class-aware families (``"class_agnostic"``, the default, or
+            ``"per_class"``); Table 4's means are reported under both rules either way.
+
+    Raises:
+        ValueError: for an unknown ``matching``.
     """
 
     def __init__(
@@ -491,8 +613,10 @@ class LesionMetrics(Metric):
         max_detections: int = 100,
         score_threshold: float = 0.0,
         operating_threshold: float | None = None,
+        matching: str = "class_agnostic",
     ) -> None:
         self.num_classes, self.iou_threshold, self.score_threshold = num_classes, iou_threshold, score_threshold
+        self.matching = check_matching(matching)
         self.operating_threshold = None if operating_threshold is None else float(operating_threshold)
         self.malignant_label, self.prefix, self.max_detections = malignant_label, prefix, max_detections
         self.last_result: EvaluationResult | None = None
@@ -519,6 +643,13 @@ class LesionMetrics(Metric):
         gathered = idist.all_gather(self._records) if idist.get_world_size() > 1 else [self._records]
         records = [r for part in gathered for r in part]
         self.last_result = evaluate_records(
-            records, self.num_classes, self.malignant_label, self.prefix, self.max_detections, self.operating_threshold
+            records,
+            self.num_classes,
+            self.malignant_label,
+            self.prefix,
+            self.max_detections,
+            self.operating_threshold,
+            self.matching,
+            self.iou_threshold,
         )
         return self.last_result.scalars

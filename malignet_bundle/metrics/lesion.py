@@ -1,7 +1,15 @@
 """Lesion matching, the Table 4 counts (thesis §3.8) and the cheap key metric :class:`LesionF1`.
 
 Matching: a predicted lesion matches a ground-truth lesion when their mask IoU is at least ``iou_threshold``
-(0.5), one-to-one, greedily in descending score (ties: lower prediction index first), regardless of class.
+(0.5), one-to-one, greedily in descending score (ties: lower prediction index first). Two rules
+(:data:`MATCHING_RULES`, argument ``matching``):
+
+- ``"class_agnostic"`` (the default, the thesis's protocol as this bundle has always read it): the classes are
+  ignored while matching and checked afterwards, so a higher-scored prediction of the wrong class takes the
+  lesion and a lower-scored one of the right class on the same lesion counts as a false positive;
+- ``"per_class"`` (COCO-style): a prediction can only match a lesion of its own class, so in that case the
+  right-class prediction takes the lesion and the wrong-class one is the false positive.
+
 Per class c, precision is the number of predictions of class c matched to a ground-truth lesion of class c
 over the predictions of class c, and sensitivity the same count over the ground-truth lesions of class c;
 the mean precision, sensitivity and F1 weight the classes by their ground-truth support.
@@ -27,12 +35,30 @@ __all__ = [
     "encode_masks",
     "rle_iou",
     "mask_iou",
+    "MATCHING_RULES",
+    "check_matching",
     "greedy_match",
+    "match_pairs",
     "match_lesions",
     "LesionCounts",
     "class_weighted_f1",
     "LesionF1",
 ]
+
+
+# "class_agnostic": match on IoU alone, check the class afterwards; "per_class": only same-class pairs match
+MATCHING_RULES = ("class_agnostic", "per_class")
+
+
+def check_matching(matching: str) -> str:
+    """``matching`` if it is one of :data:`MATCHING_RULES`.
+
+    Raises:
+        ValueError: for any other value, naming the rules.
+    """
+    if matching not in MATCHING_RULES:
+        raise ValueError(f"matching must be one of {list(MATCHING_RULES)}, got {matching!r}")
+    return matching
 
 
 def safe_ratio(numerator: float, denominator: float) -> float:
@@ -109,8 +135,52 @@ def greedy_match(iou: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.5
     return pairs
 
 
+def match_pairs(
+    iou: np.ndarray,
+    scores: np.ndarray,
+    pred_labels: np.ndarray,
+    gt_labels: np.ndarray,
+    iou_threshold: float = 0.5,
+    matching: str = "class_agnostic",
+) -> list[tuple[int, int]]:
+    """One-to-one (prediction, ground truth) pairs under a :data:`MATCHING_RULES` rule.
+
+    Per-class matching is :func:`greedy_match` with the IoU of every pair of different classes set to zero:
+    in one pass in descending score, each prediction can only take a lesion of its own class, which is the
+    same as matching every class on its own (COCO's evaluation) because the classes share no lesion.
+
+    Args:
+        iou: (P, G) mask IoU.
+        scores: (P,) prediction scores.
+        pred_labels: (P,) predicted classes.
+        gt_labels: (G,) ground-truth classes.
+        iou_threshold: the smallest IoU of a match.
+        matching: ``"class_agnostic"`` or ``"per_class"``.
+
+    Returns:
+        The matched (prediction index, ground-truth index) pairs.
+
+    Raises:
+        ValueError: for an unknown rule, or labels that do not fit the IoU matrix.
+    """
+    check_matching(matching)
+    iou = np.asarray(iou, dtype=float)
+    if matching == "per_class" and iou.size:
+        pred_labels, gt_labels = np.asarray(pred_labels), np.asarray(gt_labels)
+        if iou.shape != (len(pred_labels), len(gt_labels)):
+            raise ValueError(f"IoU {iou.shape} does not fit {len(pred_labels)} predicted and {len(gt_labels)} labels")
+        iou = np.where(pred_labels[:, None] == gt_labels[None, :], iou, 0.0)
+    return greedy_match(iou, scores, iou_threshold)
+
+
 def match_lesions(
-    pred_masks: torch.Tensor, pred_scores: torch.Tensor, gt_masks: torch.Tensor, iou_threshold: float = 0.5
+    pred_masks: torch.Tensor,
+    pred_scores: torch.Tensor,
+    gt_masks: torch.Tensor,
+    iou_threshold: float = 0.5,
+    pred_labels: torch.Tensor | None = None,
+    gt_labels: torch.Tensor | None = None,
+    matching: str = "class_agnostic",
 ) -> list[tuple[int, int]]:
     """One-to-one (prediction, ground truth) pairs with mask IoU ≥ ``iou_threshold``, greedy by score.
 
@@ -119,12 +189,25 @@ def match_lesions(
         pred_scores: (P,) scores.
         gt_masks: (G, H, W) binary ground-truth masks.
         iou_threshold: the smallest mask IoU of a match.
+        pred_labels: (P,) predicted classes; needed for ``matching="per_class"``.
+        gt_labels: (G,) ground-truth classes; needed for ``matching="per_class"``.
+        matching: one of :data:`MATCHING_RULES`.
 
     Returns:
-        The pairs of :func:`greedy_match` on :func:`mask_iou`.
+        The pairs of :func:`match_pairs` on :func:`mask_iou`.
+
+    Raises:
+        ValueError: for an unknown rule, or per-class matching without labels.
     """
+    check_matching(matching)
     scores = torch.as_tensor(pred_scores).detach().cpu().double().numpy()
-    return greedy_match(mask_iou(pred_masks, gt_masks).numpy(), scores, iou_threshold)
+    iou = mask_iou(pred_masks, gt_masks).numpy()
+    if matching == "class_agnostic":
+        return greedy_match(iou, scores, iou_threshold)
+    if pred_labels is None or gt_labels is None:
+        raise ValueError("per-class matching needs pred_labels and gt_labels")
+    labels = [torch.as_tensor(x).detach().cpu().numpy() for x in (pred_labels, gt_labels)]
+    return match_pairs(iou, scores, *labels, iou_threshold, matching)
 
 
 class LesionCounts:
@@ -159,9 +242,20 @@ class LesionCounts:
         gt_masks: torch.Tensor,
         gt_labels: torch.Tensor,
         iou_threshold: float = 0.5,
+        matching: str = "class_agnostic",
     ) -> None:
-        """Match one image's (binary) predicted masks to its ground truth and add the counts."""
-        pairs = match_lesions(pred_masks, pred_scores, gt_masks, iou_threshold)
+        """Match one image's (binary) predicted masks to its ground truth and add the counts.
+
+        Args:
+            pred_masks: (P, H, W) binary predicted masks.
+            pred_labels: (P,) predicted classes.
+            pred_scores: (P,) scores.
+            gt_masks: (G, H, W) binary ground-truth masks.
+            gt_labels: (G,) ground-truth classes.
+            iou_threshold: the smallest mask IoU of a match.
+            matching: one of :data:`MATCHING_RULES`.
+        """
+        pairs = match_lesions(pred_masks, pred_scores, gt_masks, iou_threshold, pred_labels, gt_labels, matching)
         self.add(pred_labels.cpu().numpy(), gt_labels.cpu().numpy(), pairs)
 
 
@@ -208,6 +302,10 @@ class LesionF1(Metric):
         device: where the counts are accumulated.
         score_threshold: predictions scoring below it are not counted (the operating point, Table 11: 0.7,
             when the network returns lower-scoring detections for AP and FROC).
+        matching: one of :data:`MATCHING_RULES` (default ``"class_agnostic"``, the protocol's rule).
+
+    Raises:
+        ValueError: for an unknown ``matching``.
     """
 
     def __init__(
@@ -217,8 +315,10 @@ class LesionF1(Metric):
         output_transform: Callable = lambda x: x,
         device: str | torch.device = "cpu",
         score_threshold: float = 0.0,
+        matching: str = "class_agnostic",
     ) -> None:
         self.num_classes, self.iou_threshold, self.score_threshold = num_classes, iou_threshold, score_threshold
+        self.matching = check_matching(matching)
         super().__init__(output_transform=output_transform, device=device)
 
     @reinit__is_reduced
@@ -239,6 +339,7 @@ class LesionF1(Metric):
                 binarize_masks(target["masks"]),
                 torch.as_tensor(target["labels"]),
                 self.iou_threshold,
+                self.matching,
             )
         self._counts += torch.as_tensor(
             np.stack([counts.predicted, counts.ground_truth, counts.matched]), device=self._device
