@@ -3,31 +3,38 @@
 Tables 4–7, COCO AP and FROC (:mod:`~malignet_bundle.metrics.evaluation`) match predicted lesions to
 ground-truth lesions. A semantic model (U-Net, Double U-Net) predicts a class per pixel instead; here each
 8-connected region of one class of its label map becomes one lesion (as annotators' label maps become
-lesions: :func:`~malignet_bundle.outputs.label_map.label_map_instances`):
+lesions, :func:`~malignet_bundle.outputs.label_map.label_map_instances`):
 
 - mask: the region;
 - class: the region's class;
 - score: the mean foreground probability (1 − P(background)) over the region's pixels, so the threshold
   curve, the operating threshold, AP and FROC rank a semantic model's lesions as they rank a detector's.
 
-Two touching lesions of one class become one region, which the lesion protocol then counts as one
-prediction: the semantic baselines pay for that as they would in the related work's lesion counts.
+Two touching lesions of one class become one region, which the lesion protocol counts as one prediction: a
+limit of semantic models that this protocol shows and the pixel protocol does not. The pixel protocol
+(:mod:`~malignet_bundle.metrics.pixel`) scores the whole label map, regions below the score floor included.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch import Tensor
 
-from malignet_bundle.outputs.label_map import label_map_instances
 from malignet_bundle.transforms.geometry import masks_to_boxes
 
 __all__ = ["label_map_to_instances", "semantic_detections"]
 
+EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
 
 def label_map_to_instances(
-    label_map: Tensor, probabilities: Tensor, score_floor: float = 0.0, min_pixels: int = 1
+    label_map: Tensor,
+    probabilities: Tensor,
+    score_floor: float = 0.0,
+    min_pixels: int = 1,
+    max_lesions: int | None = 100,
 ) -> dict[str, Tensor]:
     """One lesion per 8-connected region of one class; score = the region's mean foreground probability.
 
@@ -36,11 +43,14 @@ def label_map_to_instances(
         probabilities: (C + 1, H, W) class probabilities (channel 0 background) the label map came from.
         score_floor: regions scoring below it are left out (a detector's box score threshold).
         min_pixels: regions with fewer pixels are left out.
+        max_lesions: at most this many lesions, the highest scoring (Mask R-CNN returns at most 100 per
+            image); None: all. An untrained network's label map can hold thousands of specks, and each
+            lesion's mask is a whole (H, W) map.
 
     Returns:
         ``boxes`` (N, 4) float32 (x0, y0, x1, y1, x1/y1 exclusive), ``labels`` (N,) int64, ``scores`` (N,)
-        float32 and ``masks`` (N, 1, H, W) float32 in {0, 1} (the Mask R-CNN layout), by descending score,
-        on ``probabilities``' device.
+        float32 and ``masks`` (N, 1, H, W) float32 in {0, 1} (the Mask R-CNN layout), by descending score
+        (ties: by class, then region), on ``probabilities``' device.
 
     Raises:
         ValueError: when the label map is not 2-D, the probabilities not (C + 1, H, W) of the same size, or
@@ -53,29 +63,46 @@ def label_map_to_instances(
             f"probabilities must be (C + 1, H, W) for a {tuple(label_map.shape)} label map, "
             f"got {tuple(probabilities.shape)}"
         )
-    labels_np = label_map.detach().cpu().numpy().astype(np.int64)
-    if labels_np.size and (labels_np.min() < 0 or labels_np.max() >= probabilities.shape[0]):
+    classes = label_map.detach().cpu().numpy().astype(np.int64)
+    if classes.size and (classes.min() < 0 or classes.max() >= probabilities.shape[0]):
         raise ValueError(f"label map values must be in 0..{probabilities.shape[0] - 1}")
-    masks_np, region_labels = label_map_instances(labels_np)
+    foreground = (1.0 - probabilities[0].detach().float()).cpu().numpy().ravel()
+    regions_of: dict[int, np.ndarray] = {}
+    found = []  # (class, region id, score) of every region large enough and scoring enough
+    for label in (int(v) for v in np.unique(classes) if v != 0):
+        # 8-connected, as annotators' label maps become lesions (outputs/label_map.label_map_instances)
+        regions, count = ndimage.label(classes == label, structure=EIGHT_CONNECTED)
+        regions_of[label] = regions
+        ids = regions.ravel()
+        areas = np.bincount(ids, minlength=count + 1)[1:]
+        scores = np.bincount(ids, weights=foreground, minlength=count + 1)[1:] / np.maximum(areas, 1)
+        found += [
+            (label, region + 1, float(scores[region]))
+            for region in range(count)
+            if areas[region] >= min_pixels and scores[region] >= score_floor
+        ]
+    found.sort(key=lambda lesion: -lesion[2])  # stable: ties stay by class, then region
+    if max_lesions is not None:
+        found = found[: int(max_lesions)]
     device = probabilities.device
-    height, width = label_map.shape
-    masks = torch.as_tensor(masks_np, device=device)
-    foreground = 1.0 - probabilities[0].detach().float()
-    areas = masks.flatten(1).sum(1)
-    scores = (masks.float() * foreground).flatten(1).sum(1) / areas.clamp(min=1)
-    keep = (areas >= min_pixels) & (scores >= score_floor)
-    order = torch.argsort(scores[keep], descending=True, stable=True)
-    masks = masks[keep][order]
+    height, width = classes.shape
+    masks = torch.zeros((len(found), height, width), dtype=torch.bool)
+    for index, (label, region, _) in enumerate(found):
+        masks[index] = torch.from_numpy(regions_of[label] == region)
     return {
-        "boxes": masks_to_boxes(masks.cpu()).to(device),
-        "labels": torch.as_tensor(region_labels, device=device)[keep][order].long(),
-        "scores": scores[keep][order].float(),
-        "masks": masks[:, None].float().reshape(-1, 1, height, width),
+        "boxes": masks_to_boxes(masks).to(device),
+        "labels": torch.tensor([lesion[0] for lesion in found], dtype=torch.int64, device=device),
+        "scores": torch.tensor([lesion[2] for lesion in found], dtype=torch.float32, device=device),
+        "masks": masks[:, None].float().to(device),
     }
 
 
 def semantic_detections(
-    logits: Tensor, score_floor: float = 0.0, min_pixels: int = 1, keep_label_map: bool = True
+    logits: Tensor,
+    score_floor: float = 0.0,
+    min_pixels: int = 1,
+    max_lesions: int | None = 100,
+    keep_label_map: bool = True,
 ) -> list[dict[str, Tensor]]:
     """A batch of class logits → per image the argmax label map's lesions (:func:`label_map_to_instances`).
 
@@ -83,6 +110,7 @@ def semantic_detections(
         logits: (B, C + 1, H, W) class logits (softmax over channels).
         score_floor: lesions scoring below it are left out.
         min_pixels: lesions with fewer pixels are left out.
+        max_lesions: at most this many lesions per image, the highest scoring; None: all.
         keep_label_map: also return each image's ``label_map`` (H, W) int64, the argmax over classes that
             the pixel protocol (:class:`~malignet_bundle.metrics.pixel.SemanticPixelMetrics`) scores.
 
@@ -93,7 +121,7 @@ def semantic_detections(
     label_maps = probabilities.argmax(dim=1)
     detections = []
     for label_map, probs in zip(label_maps, probabilities, strict=True):
-        detection = label_map_to_instances(label_map, probs, score_floor, min_pixels)
+        detection = label_map_to_instances(label_map, probs, score_floor, min_pixels, max_lesions)
         if keep_label_map:
             detection["label_map"] = label_map
         detections.append(detection)
