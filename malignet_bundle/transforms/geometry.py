@@ -1,9 +1,12 @@
 """Chest crop and instance geometry as MONAI dictionary transforms.
 
 ``CropToChestd`` crops the whole-body view to its chest box and resizes it to the network's input size,
-masks with it, and records the crop (``crop_box``, whole-body x0, y0, x1, y1) so that inference
-(``engines/inference.LesionPredictor``) maps lesion masks back to the whole view. ``BoxesFromMasksd``
-re-derives boxes from masks after any geometric change and drops instances that left the image.
+masks with it, and records the crop (``crop_box``, whole-body x0, y0, x1, y1). Its inverse for predictions,
+``PasteFromChestd``, resizes predicted mask probabilities back to the crop box and pastes them into the whole
+view; ``UnmirrorPosteriord`` undoes the posterior mirroring of ``transforms.io.SelectViewd``. Inference's
+postprocessing (``configs/inference.json``) runs the two in that order, the reverse of the forward chain.
+``BoxesFromMasksd`` re-derives boxes from masks after any geometric change and drops instances that left
+the image.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Resize, SpatialCrop
 
-__all__ = ["CropToChestd", "BoxesFromMasksd", "masks_to_boxes"]
+__all__ = ["CropToChestd", "PasteFromChestd", "UnmirrorPosteriord", "BoxesFromMasksd", "DetectChestd", "masks_to_boxes"]
 
 
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
@@ -83,6 +87,95 @@ class CropToChestd(MapTransform):
             else:
                 d[self.mask_key] = torch.zeros((0, *self.spatial_size), dtype=torch.uint8)
         d["crop_box"] = torch.tensor([left, top, right, bottom], dtype=torch.float32)
+        return d
+
+
+class PasteFromChestd(MapTransform):
+    """Inverse of :class:`CropToChestd` for predicted instance masks: from the resized crop back to the whole view.
+
+    Each (N, 1, h, w) map of mask probabilities over the network's input is resized (bilinear) to the size of
+    the crop box, thresholded, and pasted at the box into an (N, H, W) boolean array of the whole view's size.
+    The crop box itself becomes ``chest_box_key`` (x0, y0, x1, y1 as floats), the chest the network saw.
+
+    Args:
+        keys: mask probability key(s), (N, 1, h, w) tensors over the resized crop.
+        reference_key: the whole view the crop was cut from; its last two dimensions give (H, W).
+        crop_box_key: the crop ``CropToChestd`` recorded (x0, y0, x1, y1) in the view's pixels.
+        chest_box_key: where the crop box goes, as a tuple of floats.
+        mask_threshold: probability from which a pixel belongs to the instance.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        reference_key: str = "frame",
+        crop_box_key: str = "crop_box",
+        chest_box_key: str = "chest_box",
+        mask_threshold: float = 0.5,
+    ) -> None:
+        super().__init__(keys)
+        self.reference_key, self.crop_box_key, self.chest_box_key = reference_key, crop_box_key, chest_box_key
+        self.mask_threshold = float(mask_threshold)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Return a copy of ``data`` with whole-view boolean masks (numpy) and the chest box."""
+        d = dict(data)
+        height, width = (int(s) for s in np.shape(d[self.reference_key])[-2:])
+        left, top, right, bottom = (int(v) for v in torch.as_tensor(d[self.crop_box_key]).tolist())
+        crop_size = (bottom - top, right - left)
+        for key in self.key_iterator(d):
+            probabilities = torch.as_tensor(d[key]).float().cpu()
+            if probabilities.shape[0]:
+                probabilities = F.interpolate(probabilities, size=crop_size, mode="bilinear")
+            else:  # nothing found: interpolate refuses an empty batch
+                probabilities = torch.zeros((0, 1, *crop_size))
+            masks = np.zeros((probabilities.shape[0], height, width), dtype=bool)
+            masks[:, top:bottom, left:right] = (probabilities[:, 0] >= self.mask_threshold).numpy()
+            d[key] = masks
+        d[self.chest_box_key] = (float(left), float(top), float(right), float(bottom))
+        return d
+
+
+class UnmirrorPosteriord(MapTransform):
+    """Inverse of the posterior mirroring of ``transforms.io.SelectViewd``: back to the view as stored.
+
+    Whether the view was mirrored is read from the ``mirrored`` meta entry ``SelectViewd`` gives the image;
+    an image without it counts as mirrored when its view is posterior (``SelectViewd``'s default).
+
+    Args:
+        keys: (N, H, W) mask key(s) flipped left-right.
+        image_key: the image that carries the ``mirrored`` meta entry.
+        view_key: the view name, used when the image has no meta.
+        box_keys: (x0, y0, x1, y1) boxes mirrored with the masks (e.g. the chest box).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        image_key: str = "image",
+        view_key: str = "view",
+        box_keys: KeysCollection = ("chest_box",),
+    ) -> None:
+        super().__init__(keys)
+        self.image_key, self.view_key = image_key, view_key
+        self.box_keys = (box_keys,) if isinstance(box_keys, str) else tuple(box_keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Return a copy of ``data`` with masks and boxes in the stored orientation."""
+        d = dict(data)
+        mirrored = bool(getattr(d.get(self.image_key), "meta", {}).get("mirrored", d.get(self.view_key) == "posterior"))
+        if not mirrored:
+            return d
+        width = None
+        for key in self.key_iterator(d):
+            d[key] = np.asarray(d[key])[:, :, ::-1].copy()
+            width = d[key].shape[-1]
+        for key in self.box_keys:
+            if key in d:
+                if width is None:
+                    raise ValueError(f"cannot mirror {key!r} back without a mask key giving the view's width")
+                x0, y0, x1, y1 = (float(v) for v in d[key])
+                d[key] = (float(width - x1), y0, float(width - x0), y1)
         return d
 
 
