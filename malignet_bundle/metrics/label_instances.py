@@ -9,6 +9,8 @@ lesions, :func:`~malignet_bundle.outputs.label_map.label_map_instances`):
 - class: the region's class;
 - score: the mean foreground probability (1 − P(background)) over the region's pixels, so the threshold
   curve, the operating threshold, AP and FROC rank a semantic model's lesions as they rank a detector's.
+  Scores lie above 0.5: a pixel is a lesion pixel only where its class outscores background, so its
+  foreground probability exceeds its background one; operating thresholds below 0.5 all keep every region.
 
 Two touching lesions of one class become one region, which the lesion protocol counts as one prediction: a
 limit of semantic models that this protocol shows and the pixel protocol does not. The pixel protocol
