@@ -2,8 +2,9 @@
 
 Each row is one study: anterior ground truth, anterior prediction, posterior ground truth, posterior
 prediction, lesion contours coloured by class, zoomed to the chest crop the network saw (``--whole_body``
-shows the whole view). The model and its preprocessing come from
-``configs/inference.json``; the options below override its IDs of the same name.
+shows the whole view). The model, its preprocessing and postprocessing come from ``configs/inference.json``,
+whose evaluator predicts the studies (without writing its own outputs); the options below override its IDs
+of the same name.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from monai.bundle import ConfigParser
+from monai.bundle import ConfigWorkflow
 
 from malignet_bundle.data.annotations import load_annotation
-from malignet_bundle.engines.inference import collect_studies
+from malignet_bundle.engines.inference import predict_studies
 from malignet_bundle.outputs.overlay import render_overlay, save_contact_sheet
 
 
@@ -32,15 +33,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--score_threshold", type=float, default=None)
     parser.add_argument("--whole_body", action="store_true", help="whole views instead of the chest crops")
     args = parser.parse_args(argv)
-    config = ConfigParser()
-    config.read_config(args.config_file)
-    for key in ("bundle_root", "dataset_dir", "ckpt_dir", "split", "score_threshold"):
-        if getattr(args, key) is not None:
-            config[key] = getattr(args, key)
-    predictor = config.get_parsed_content("predictor")
-    class_map = config.get_parsed_content("class_map")
-    input_path, dataset_dir = config.get_parsed_content("input"), config.get_parsed_content("dataset_dir")
-    studies = collect_studies(input_path, dataset_dir, config.get_parsed_content("split"))[: args.studies]
+    overrides = {
+        key: getattr(args, key)
+        for key in ("bundle_root", "dataset_dir", "ckpt_dir", "split", "score_threshold")
+        if getattr(args, key) is not None
+    }
+    workflow = ConfigWorkflow(
+        config_file=args.config_file,
+        logging_file=False,
+        workflow_type="infer",
+        max_studies=args.studies,
+        handlers=[],  # the picture below is the only output
+        **overrides,
+    )
+    workflow.initialize()  # loads the weights
+    class_map = workflow.parser.get_parsed_content("class_map")
+    studies = workflow.parser.get_parsed_content("studies")
+    predictions = predict_studies(workflow.evaluator)
+    workflow.finalize()
     panels = []
 
     def zoom(rgb: np.ndarray, box: tuple[float, ...]) -> np.ndarray:
@@ -49,8 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         x0, y0, x1, y1 = (int(round(v)) for v in box)
         return rgb[max(y0 - 4, 0) : y1 + 4, max(x0 - 4, 0) : x1 + 4]
 
-    for study in studies:
-        prediction = predictor.predict_study(study)
+    for study, prediction in zip(studies, predictions, strict=True):
         labels = {item.get("view"): item.get("label") for item in study.items}
         for view in prediction.views:
             annotation_path = labels.get(view.view) or labels.get(None)

@@ -1,11 +1,24 @@
-"""Whole-body inference: NM studies in, lesions in whole-body stored-pixel coordinates out.
+"""Whole-body inference as a MONAI evaluator: NM studies in, lesions in whole-body stored-pixel coordinates out.
 
-Per view the bundle's view transforms (the same as training's, from the config) select the view, mirror a
-posterior one, run the chest detector and crop and resize the chest; MaligNet finds lesions in the crop;
-:meth:`LesionPredictor.predict_view` maps each mask back through the resize, the crop and the mirroring to
-the frame as stored in the DICOM file. :func:`run_inference` does this for every study of a file, a folder
-or a datalist and writes the outputs of :mod:`malignet_bundle.outputs`, skipping (and logging) a study it
-cannot read.
+``configs/inference.json`` wires these pieces in the model zoo's shape, one study (anterior + posterior view)
+per evaluator iteration:
+
+- ``dataset``: the studies of a file, a folder or a datalist (:func:`collect_studies`) as items
+  (:meth:`StudyInput.as_item`); ``preprocessing``: :class:`LoadStudyd` reads every file of the study once
+  and checks that its views make one study (:func:`plan_study`), then :class:`ForEachViewd` runs the view
+  transforms (the same as training's: select the view, mirror a posterior one, chest detector, chest crop)
+  on each view. A study that cannot be read is kept, with its reason, to be skipped and reported.
+- ``evaluator``: ``DetectionEvaluator`` with :func:`collate_study` batches, :func:`prepare_study_batch`
+  (the view crops) and :class:`ViewInferer` (one network call per view).
+- ``postprocessing``: :class:`ViewDetectionsd` hands each view its detections; the inverse of the view
+  geometry (``transforms/geometry.PasteFromChestd``, ``UnmirrorPosteriord``) brings the masks back to the
+  frame as stored in the DICOM file; :class:`StudyPredictiond` assembles the study's
+  :class:`~malignet_bundle.outputs.prediction.StudyPrediction`.
+- ``handlers``: the writers of :mod:`malignet_bundle.outputs.handlers` and :class:`InferenceSummaryHandler`
+  (output folder checked before anything is written, ``summary.json``, :class:`NoStudyWrittenError`).
+
+:func:`predict_studies` runs such an evaluator for callers that want the predictions rather than files
+(the MONAI Label task, ``scripts/compare_predictions.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -21,13 +34,18 @@ from typing import Any, NamedTuple
 import numpy as np
 import pydicom
 import torch
-import torch.nn.functional as F
-from monai.utils.misc import str2bool
+from ignite.engine import Engine, Events
+from monai.config import KeysCollection
+from monai.handlers import CheckpointLoader
+from monai.inferers import Inferer
+from monai.transforms import MapTransform
 
 from malignet_bundle.data.class_map import ClassMap
 from malignet_bundle.data.datalist import load_datalist, resolve_items
 from malignet_bundle.data.nm_dicom import InputFileError, NMViews, read_nm_views
+from malignet_bundle.data.reader import NMWholeBodyReader
 from malignet_bundle.outputs.prediction import StudyPrediction, ViewPrediction
+from malignet_bundle.transforms.io import LoadNMViewd
 
 __all__ = [
     "StudyInput",
@@ -41,9 +59,18 @@ __all__ = [
     "VIEW_RULES",
     "PlannedView",
     "plan_study",
-    "LesionPredictor",
+    "DecodedNMReader",
+    "LoadStudyd",
+    "ForEachViewd",
+    "collate_study",
+    "prepare_study_batch",
+    "ViewInferer",
+    "ViewDetectionsd",
+    "StudyPredictiond",
+    "WeightsLoader",
+    "InferenceSummaryHandler",
+    "predict_studies",
     "write_study_outputs",
-    "run_inference",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,6 +107,10 @@ class StudyInput:
 
     study_id: str
     items: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_item(self) -> dict[str, Any]:
+        """The study as a dataset item, ``{"study_id": ..., "items": [...]}`` (what :class:`LoadStudyd` reads)."""
+        return {"study_id": self.study_id, "items": [dict(item) for item in self.items]}
 
 
 def _safe_id(text: str) -> str:
@@ -222,19 +253,32 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.
 
 
 class PlannedView(NamedTuple):
-    """One view of a study as :func:`plan_study` found it: its file, the file's decoded views, the view."""
+    """One view of a study as :func:`plan_study` found it.
+
+    Its file, the file's decoded views, the view, and the study item it came from.
+    """
 
     path: str
     nm: NMViews
     view: str
+    item: Mapping[str, Any] | None = None
 
 
 def plan_study(study: StudyInput) -> list[PlannedView]:
-    """Read every file of ``study`` and check that its views make one study; one entry per view, in order.
+    """Read every file of ``study`` once and check that its views make one study; one entry per view, in order.
+
+    A file listed by several items (a datalist lists a two-view file once per view) is decoded once; its
+    entries share the decoded :class:`NMViews`.
 
     Refused, with the files named: a file the NM reader refuses; a view the item asks for that its file does
     not have; two files that hold the same view (for example two single-view files of one acquisition without
     a view code, both taken as anterior by the frame-order fallback); files that differ in pixel spacing.
+
+    Args:
+        study: the study's items (``image`` path, ``view`` name or None for every view of the file).
+
+    Returns:
+        One :class:`PlannedView` per view, in the order of the items and of each file's frames.
 
     Raises:
         InputFileError: naming the file and the reason (and the other file of a collision).
@@ -242,9 +286,12 @@ def plan_study(study: StudyInput) -> list[PlannedView]:
     """
     planned: list[PlannedView] = []
     owner: dict[str, tuple[str, str]] = {}  # view → (file, how that file's views were found)
+    decoded: dict[str, NMViews] = {}
     for item in study.items:
         path = str(item["image"])
-        nm = read_nm_views(path)
+        nm = decoded.get(path)
+        if nm is None:
+            nm = decoded[path] = read_nm_views(path)
         if planned and tuple(nm.spacing) != tuple(planned[0].nm.spacing):
             raise InputFileError(
                 path,
@@ -262,89 +309,414 @@ def plan_study(study: StudyInput) -> list[PlannedView]:
                     "separate inputs or add view codes (ViewCodeSequence)",
                 )
             owner[view] = (path, nm.view_source)
-            planned.append(PlannedView(path, nm, view))
+            planned.append(PlannedView(path, nm, view, item))
     if not planned:
         raise ValueError(f"study {study.study_id} has no images")
     return planned
 
 
-class LesionPredictor:
-    """MaligNet on one whole-body view, with its lesions mapped back to the stored frame.
+class DecodedNMReader(NMWholeBodyReader):
+    """:class:`NMWholeBodyReader` over files decoded already: :meth:`read` hands back their :class:`NMViews`.
+
+    Given to ``LoadNMViewd`` as its runtime reader, it yields the very MetaTensor (array, affine, meta) that
+    reading the file would, without decoding the pixels again.
 
     Args:
-        network: MaligNet (weights loaded), returning torchvision detections in eval mode.
-        preprocessing: the bundle's view transforms: ``{"image": path, "view": name}`` → a dict with the
-            chest crop ``image`` (1, h, w), ``crop_box`` (x0, y0, x1, y1) in the view's pixels, and the
-            view's ``mirrored`` flag in the image's meta (``SelectViewd``).
-        device: where the network runs.
-        mask_threshold: probability above which a pixel belongs to a lesion.
-        inferer: MONAI inferer that runs the network on the list of crops (``inferer(crops, network)``);
-            None: the network is called directly (what MONAI's ``SimpleInferer`` does).
+        decoded: the decoded views of each file, by path.
+    """
+
+    def __init__(self, decoded: Mapping[str | os.PathLike, NMViews]) -> None:
+        super().__init__()
+        self.decoded = {self._key(path): nm for path, nm in decoded.items()}
+
+    @staticmethod
+    def _key(path: str | os.PathLike) -> str:
+        # LoadImage passes file names as str(Path(name).expanduser())
+        return str(Path(path).expanduser())
+
+    def read(self, data: Sequence[str] | str, **kwargs: Any) -> NMViews | list[NMViews]:
+        """The decoded views of one file, or of several as a list.
+
+        Raises:
+            KeyError: naming a file that was not decoded beforehand.
+        """
+        names = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+        missing = [str(name) for name in names if self._key(name) not in self.decoded]
+        if missing:
+            raise KeyError(f"{missing[0]}: not among the decoded files {sorted(self.decoded)}")
+        items = [self.decoded[self._key(name)] for name in names]
+        return items if len(items) > 1 else items[0]
+
+
+class LoadStudyd(MapTransform):
+    """Read every file of a study once and lay out its views, or record why the study cannot be used.
+
+    The item ``{"study_id": ..., "items": [...]}`` (:meth:`StudyInput.as_item`) gains ``views``: one dict per
+    view in the study's order, with ``image`` (the file's (n_views, H, W) MetaTensor exactly as ``LoadNMViewd``
+    gives it, built from the pixels decoded once), ``view``, ``frame_index``, ``frame`` (the view's (H, W)
+    counts as stored), ``source_path``, ``dataset`` (the file's header) and the item's other keys (e.g.
+    ``label``); and ``spacing`` ((row, col) mm). A study whose files the NM reader refuses, or whose views
+    collide (:func:`plan_study`), gets ``error`` = ``{"path": ..., "reason": ...}`` and no views, so that the
+    run skips it with its reason; any other error propagates.
+
+    Args:
+        keys: the key of the study's items.
+        study_id_key: the key of the study's name.
+        views_key: where the views go.
+        error_key: where the reason that the study cannot be used goes.
     """
 
     def __init__(
         self,
-        network: torch.nn.Module,
-        preprocessing: Callable[[dict], Mapping[str, Any]],
-        device: str | torch.device = "cpu",
-        mask_threshold: float = 0.5,
-        inferer: Callable[..., Any] | None = None,
+        keys: KeysCollection = "items",
+        study_id_key: str = "study_id",
+        views_key: str = "views",
+        error_key: str = "error",
     ) -> None:
-        self.network = network.to(device).eval()
-        self.preprocessing, self.device, self.mask_threshold = preprocessing, torch.device(device), mask_threshold
-        self.inferer = inferer
+        super().__init__(keys)
+        self.study_id_key, self.views_key, self.error_key = study_id_key, views_key, error_key
+        self.loader = LoadNMViewd("image")
 
-    @torch.no_grad()
-    def predict_view(self, path: str | os.PathLike, view: str, frame_index: int, frame: np.ndarray) -> ViewPrediction:
-        """Lesions of ``view`` of ``path`` in the coordinates of ``frame`` (the view as stored)."""
-        data = self.preprocessing({"image": str(path), "view": view})
-        image = data["image"]
-        mirrored = bool(getattr(image, "meta", {}).get("mirrored", view == "posterior"))
-        crop = torch.as_tensor(image, dtype=torch.float32)
-        crops = [crop.to(self.device)]
-        detections = (self.inferer(crops, self.network) if self.inferer is not None else self.network(crops))[0]
-        height, width = frame.shape
-        left, top, right, bottom = (int(v) for v in torch.as_tensor(data["crop_box"]).tolist())
-        probabilities = detections["masks"].float().cpu()  # (N, 1, h, w) over the resized crop
-        crop_size = (bottom - top, right - left)
-        if probabilities.shape[0]:
-            probabilities = F.interpolate(probabilities, size=crop_size, mode="bilinear")
-        else:
-            probabilities = torch.zeros((0, 1, *crop_size))
-        masks = np.zeros((probabilities.shape[0], height, width), dtype=bool)
-        masks[:, top:bottom, left:right] = (probabilities[:, 0] >= self.mask_threshold).numpy()
-        chest_box = (float(left), float(top), float(right), float(bottom))
-        if mirrored:  # back from the anterior orientation the network saw to the stored posterior frame
-            masks = masks[:, :, ::-1].copy()
-            chest_box = (float(width - right), float(top), float(width - left), float(bottom))
-        # highest score first (report ids and label-image instances follow this order); a lesion can vanish
-        # when scaled down to a tiny crop
-        scores = detections["scores"].float().cpu().numpy()
-        keep = np.argsort(-scores, kind="stable")
-        keep = keep[masks[keep].any(axis=(1, 2))]
-        return ViewPrediction(
-            view=view,
-            frame_index=frame_index,
-            image=frame,
-            masks=masks[keep],
-            labels=detections["labels"].cpu().numpy()[keep].astype(np.int64),
-            scores=scores[keep],
-            chest_box=chest_box,
-        )
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Return a copy of ``data`` with the study's views (or its error)."""
+        d = dict(data)
+        for key in self.key_iterator(d):
+            try:
+                planned = plan_study(StudyInput(str(d[self.study_id_key]), list(d[key])))
+            except InputFileError as e:  # the input's fault: the run skips the study and says why
+                d[self.error_key], d[self.views_key] = {"path": e.path, "reason": e.reason}, []
+                continue
+            reader = DecodedNMReader({entry.path: entry.nm for entry in planned})
+            views = []
+            for entry in planned:
+                index = entry.nm.views.index(entry.view)
+                extra = {k: v for k, v in (entry.item or {}).items() if k not in ("image", "view")}
+                views.append(
+                    {
+                        **extra,
+                        "image": self.loader({"image": entry.path}, reader)["image"],
+                        "view": entry.view,
+                        "frame_index": index,
+                        "frame": entry.nm.frames[index],
+                        "source_path": entry.path,
+                        "dataset": entry.nm.dataset,
+                    }
+                )
+            d[self.views_key], d["spacing"] = views, tuple(planned[0].nm.spacing)
+        return d
 
-    def predict_study(self, study: StudyInput) -> StudyPrediction:
-        """Every view of ``study``; raises :class:`InputFileError` naming the file that cannot be used.
 
-        Every file is read and the views checked (:func:`plan_study`) before the network runs.
+class ForEachViewd(MapTransform):
+    """Apply a transform to every view of a study: the view transforms before the network, their inverse after.
+
+    Args:
+        transform: callable on one view's dict, returning the new dict (e.g. a ``Compose``).
+        keys: the key of the study's list of views.
+    """
+
+    def __init__(self, transform: Callable[[dict], Mapping[Hashable, Any]], keys: KeysCollection = "views") -> None:
+        super().__init__(keys)
+        self.transform = transform
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Return a copy of ``data`` whose views went through the transform."""
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = [dict(self.transform(view)) for view in d[key]]
+        return d
+
+
+def collate_study(batch: Sequence[Mapping[Hashable, Any]]) -> dict[Hashable, Any]:
+    """The data loader's batch of one study → that study's item: one study per evaluator iteration.
+
+    A dict (not a list) as the engine's batch lets the evaluator's postprocessing see the study beside the
+    network's output.
+
+    Args:
+        batch: the loader's list of items.
+
+    Returns:
+        The one item.
+
+    Raises:
+        ValueError: a batch of another size (give the data loader ``batch_size`` 1).
+    """
+    if len(batch) != 1:
+        raise ValueError(f"inference takes one study per iteration, got a batch of {len(batch)}: set batch_size 1")
+    return dict(batch[0])
+
+
+def prepare_study_batch(
+    batchdata: Mapping[Hashable, Any],
+    device: str | torch.device | None = None,
+    non_blocking: bool = False,
+    **kwargs: Any,
+) -> tuple[list[torch.Tensor], None]:
+    """A study item → (its view crops as float32 tensors on ``device``, no targets).
+
+    A study that could not be read has no views and gives an empty list.
+
+    Args:
+        batchdata: the study item after preprocessing (:func:`collate_study`).
+        device: where the network runs.
+        non_blocking: copy asynchronously to the device.
+        kwargs: further arguments of the engine's ``prepare_batch`` call, unused.
+
+    Returns:
+        The crops and None.
+    """
+    crops = [
+        torch.as_tensor(view["image"], dtype=torch.float32).to(device=device, non_blocking=non_blocking)
+        for view in batchdata["views"]
+    ]
+    return crops, None
+
+
+class ViewInferer(Inferer):
+    """Run a list-in, list-out detector on the view crops of a study, one call per view.
+
+    One call per view keeps each view's detections independent of the study's other view (a batch of two
+    may run other convolution kernels and move scores in their last digits). A study without views makes no
+    call and gets no detections.
+    """
+
+    def __call__(self, inputs: Sequence[torch.Tensor], network: Callable, *args: Any, **kwargs: Any) -> list[dict]:
+        """Return one torchvision detection dict per crop, ``network([crop])[0]``."""
+        return [network([crop], *args, **kwargs)[0] for crop in inputs]
+
+
+class ViewDetectionsd(MapTransform):
+    """Hand each view of a study its detections, moved to the CPU.
+
+    ``pred`` (one torchvision detection dict per view, in the views' order) becomes, in each view's dict,
+    ``pred_masks`` ((N, 1, h, w) float probabilities over the crop), ``pred_labels`` and ``pred_scores``
+    (numpy).
+
+    Args:
+        keys: the key of the detections.
+        views_key: the key of the study's views.
+    """
+
+    def __init__(self, keys: KeysCollection = "pred", views_key: str = "views") -> None:
+        super().__init__(keys)
+        self.views_key = views_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Return a copy of ``data`` whose views hold their detections.
+
+        Raises:
+            ValueError: when there are not as many detection dicts as views.
         """
-        planned = plan_study(study)
-        prediction = StudyPrediction(study.study_id, [], [], planned[0].nm.spacing)
-        for entry in planned:
-            index = entry.nm.views.index(entry.view)
-            prediction.views.append(self.predict_view(entry.path, entry.view, index, entry.nm.frames[index]))
-            prediction.source_paths.append(entry.path)
-            prediction.datasets.append(entry.nm.dataset)
-        return prediction
+        d = dict(data)
+        for key in self.key_iterator(d):
+            detections, views = list(d[key]), list(d[self.views_key])
+            if len(detections) != len(views):
+                raise ValueError(f"study {d.get('study_id')}: {len(detections)} detection sets for {len(views)} views")
+            d[self.views_key] = [
+                {
+                    **view,
+                    "pred_masks": found["masks"].float().cpu(),
+                    "pred_labels": found["labels"].cpu().numpy(),
+                    "pred_scores": found["scores"].float().cpu().numpy(),
+                }
+                for view, found in zip(views, detections, strict=True)
+            ]
+        return d
+
+
+class StudyPredictiond(MapTransform):
+    """Assemble a study's :class:`StudyPrediction` from its views' lesions in stored-frame coordinates.
+
+    Runs after the inverse view geometry. Per view the lesions are ordered by score, highest first (report
+    ids and label-image instances follow this order), and a lesion whose mask vanished (scaled down to a
+    tiny crop and back) is dropped. A study that could not be read (``error``) gets None.
+
+    Args:
+        keys: the key of the study's views; each view has ``pred_masks`` ((N, H, W) bool), ``pred_labels``,
+            ``pred_scores``, ``chest_box``, ``view``, ``frame_index``, ``frame``, ``source_path``, ``dataset``.
+        prediction_key: where the :class:`StudyPrediction` goes.
+        study_id_key: the key of the study's name.
+        error_key: the key :class:`LoadStudyd` records a reason in.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "views",
+        prediction_key: str = "prediction",
+        study_id_key: str = "study_id",
+        error_key: str = "error",
+    ) -> None:
+        super().__init__(keys)
+        self.prediction_key, self.study_id_key, self.error_key = prediction_key, study_id_key, error_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Return a copy of ``data`` with the study's prediction (None for a study that could not be read)."""
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if d.get(self.error_key):
+                d[self.prediction_key] = None
+                continue
+            prediction = StudyPrediction(str(d[self.study_id_key]), [], [], tuple(d["spacing"]))
+            for view in d[key]:
+                masks, scores = np.asarray(view["pred_masks"], dtype=bool), np.asarray(view["pred_scores"])
+                keep = np.argsort(-scores, kind="stable")
+                keep = keep[masks[keep].any(axis=(1, 2))]
+                prediction.views.append(
+                    ViewPrediction(
+                        view=view["view"],
+                        frame_index=int(view["frame_index"]),
+                        image=view["frame"],
+                        masks=masks[keep],
+                        labels=np.asarray(view["pred_labels"])[keep].astype(np.int64),
+                        scores=scores[keep],
+                        chest_box=tuple(float(v) for v in view["chest_box"]),
+                    )
+                )
+                prediction.source_paths.append(view["source_path"])
+                prediction.datasets.append(view["dataset"])
+            d[self.prediction_key] = prediction
+        return d
+
+
+class WeightsLoader(CheckpointLoader):
+    """MONAI's ``CheckpointLoader`` for the bundle's ``model.pt``, with errors that name the file and the reason.
+
+    Loads with ``weights_only=True`` (a foreign file cannot run code), a state dict (``model.pt``) or a
+    training checkpoint (``{"model": state dict, ...}``) alike, as its parent does. Call it with the evaluator
+    in ``initialize``, or attach it as a handler.
+
+    Args:
+        load_path: the checkpoint.
+        load_dict: ``{"model": network}``.
+        kwargs: further ``CheckpointLoader`` arguments (``map_location``, ``strict``, ...).
+    """
+
+    def __init__(self, load_path: str | os.PathLike, load_dict: dict, **kwargs: Any) -> None:
+        super().__init__(load_path=str(load_path), load_dict=load_dict, **kwargs)
+
+    def __call__(self, engine: Engine) -> None:
+        """Load the weights into ``load_dict``'s objects.
+
+        Raises:
+            FileNotFoundError: the checkpoint does not exist.
+            ValueError: naming the file, when it is no checkpoint or its weights do not fit the network (for
+                example weights of another network size than the configs build).
+        """
+        path = Path(self.load_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: checkpoint not found; train a model first (make train)")
+        try:
+            super().__call__(engine)
+        except Exception as e:  # truncated, not a checkpoint, a pickle that asks for code, another network
+            raise ValueError(f"{path}: not loadable into the configured network ({type(e).__name__}: {e})") from e
+
+
+class InferenceSummaryHandler:
+    """The bookkeeping of an inference run, as ignite handlers on its evaluator.
+
+    - ``STARTED``: refuses an output folder that would write into the inputs (:func:`check_output_dir`)
+      before anything is written, then marks the folder as inference output (:data:`OUTPUT_MARKER`).
+    - ``ITERATION_COMPLETED``: a study that could not be read is logged with its reason and listed as
+      skipped, any other as written. Attach it after the writers: their errors stop the run before this.
+    - ``COMPLETED``: writes ``summary.json`` (``{"written": [study ids], "skipped": [[study id, reason]]}``)
+      and raises :class:`NoStudyWrittenError` when every study was skipped, so that a run which produced
+      nothing never ends as a success.
+
+    Args:
+        output_dir: the run's output folder.
+        studies: the run's studies (their files and per-study folders are checked against ``output_dir``).
+        roots: the input and dataset folders (:func:`input_roots`).
+        study_id_key: the batch key of the study's name.
+        error_key: the batch key :class:`LoadStudyd` records a reason in.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        studies: Sequence[StudyInput],
+        roots: Sequence[str | os.PathLike] = (),
+        study_id_key: str = "study_id",
+        error_key: str = "error",
+    ) -> None:
+        self.output_dir, self.studies, self.roots = Path(output_dir), list(studies), list(roots)
+        self.study_id_key, self.error_key = study_id_key, error_key
+        self.summary: dict[str, list] = {"written": [], "skipped": []}
+
+    def attach(self, engine: Engine) -> None:
+        """Register the three handlers on ``engine``."""
+        engine.add_event_handler(Events.STARTED, self.started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    def started(self, engine: Engine) -> None:
+        """Check the output folder, then mark it.
+
+        Raises:
+            OutputLocationError: the output folder would write into the inputs.
+        """
+        from malignet_bundle.atomic_io import write_bytes_atomic
+
+        check_output_dir(self.output_dir, self.studies, self.roots)
+        write_bytes_atomic(b"", self.output_dir / OUTPUT_MARKER)
+        self.summary = {"written": [], "skipped": []}
+
+    def iteration_completed(self, engine: Engine) -> None:
+        """List the study of this iteration as written or skipped (with its reason, also logged)."""
+        batch = engine.state.batch
+        study_id, error = str(batch[self.study_id_key]), batch.get(self.error_key)
+        if error:
+            reason = f"{error['path']}: {error['reason']}"
+            logger.warning("skipping study %s: %s", study_id, reason)
+            self.summary["skipped"].append([study_id, reason])
+        else:
+            self.summary["written"].append(study_id)
+
+    def completed(self, engine: Engine) -> None:
+        """Write ``summary.json``.
+
+        Raises:
+            NoStudyWrittenError: every study was skipped (after ``summary.json`` is written).
+        """
+        from malignet_bundle.atomic_io import write_json_atomic
+
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.summary, self.output_dir / "summary.json")
+        written, skipped = self.summary["written"], self.summary["skipped"]
+        logger.info("inference: %d studies written to %s, %d skipped", len(written), self.output_dir, len(skipped))
+        if skipped and not written:
+            reasons = "\n".join(f"  {study_id}: {reason}" for study_id, reason in skipped)
+            raise NoStudyWrittenError(f"no study could be used, nothing written to {self.output_dir}:\n{reasons}")
+
+
+def predict_studies(evaluator: Engine) -> list[StudyPrediction]:
+    """Run an inference evaluator (``configs/inference.json``'s ``evaluator``) and return each study's lesions.
+
+    For callers that want the predictions rather than files: build the workflow with ``handlers`` ``[]``
+    and run its ``initialize`` (which loads the weights) first.
+
+    Args:
+        evaluator: the evaluator; its batches are study items and its output holds ``prediction``.
+
+    Returns:
+        One :class:`StudyPrediction` per study, in the data loader's order.
+
+    Raises:
+        InputFileError: naming the file and the reason, for the first study that could not be read.
+    """
+    predictions: list[StudyPrediction] = []
+
+    def collect(engine: Engine) -> None:
+        error = engine.state.batch.get("error")
+        if error:
+            raise InputFileError(error["path"], error["reason"])
+        predictions.append(engine.state.output["prediction"])
+
+    handle = evaluator.add_event_handler(Events.ITERATION_COMPLETED, collect)
+    try:
+        evaluator.run()
+    finally:
+        handle.remove()
+    return predictions
 
 
 def write_study_outputs(
@@ -356,89 +728,29 @@ def write_study_outputs(
 ) -> dict[str, Path]:
     """Write the outputs of one study to ``output_dir/<study_id>/``, each file atomically.
 
-    The report's metastasis verdict counts the lesions of the class map's malignant class
-    (:attr:`ClassMap.malignant_label`).
+    What the writer handlers of ``configs/inference.json`` write in a run (:mod:`malignet_bundle.outputs.
+    handlers`, the same functions), for one prediction outside an evaluator. The report's metastasis verdict
+    counts the lesions of the class map's malignant class (:attr:`ClassMap.malignant_label`).
 
-    Returns the written paths: ``report`` (JSON), ``overlay`` (PNG of both views), ``nifti_<view>``
-    (instance-label NIfTI per view, with its ``.classes.json``; re-importable as an annotation) and
-    ``seg_<view>`` (DICOM SEG per view referencing its frame of the source NM instance).
+    Args:
+        prediction: the study's lesions.
+        class_map: label → class name.
+        output_dir: the run's output folder.
+        model: what produced the lesions, copied into the report (its ``bundle_version`` goes into the SEGs).
+        dicom_seg: write the DICOM SEGs.
+
+    Returns:
+        The written paths: ``report`` (JSON), ``overlay`` (PNG of both views), ``nifti_<view>``
+        (instance-label NIfTI per view, with its ``.classes.json``; re-importable as an annotation) and
+        ``seg_<view>`` (DICOM SEG per view referencing its frame of the source NM instance).
     """
-    from malignet_bundle.data.annotations import write_instance_label_image
-    from malignet_bundle.outputs.overlay import save_study_overlay
-    from malignet_bundle.outputs.report import write_report
+    from malignet_bundle.outputs import handlers
 
-    folder = Path(output_dir) / prediction.study_id
-    folder.mkdir(parents=True, exist_ok=True)
-    written = {"report": folder / "report.json", "overlay": folder / "overlay.png"}
-    write_report(
-        prediction,
-        class_map,
-        written["report"],
-        malignant_label=class_map.malignant_label,
-        model=dict(model) if model else None,
-    )
-    save_study_overlay(prediction, class_map, written["overlay"])
-    for view in prediction.views:
-        path = folder / f"{view.view}_instances.nii.gz"
-        names = [class_map.name(int(label)) for label in view.labels]
-        write_instance_label_image(path, view.masks, names, prediction.spacing)
-        written[f"nifti_{view.view}"] = path
+    folder = handlers.study_folder(output_dir, prediction.study_id)
+    written = {"report": handlers.write_lesion_report(prediction, class_map, folder, model)}
+    written["overlay"] = handlers.write_overlay(prediction, class_map, folder)
+    written.update(handlers.write_instance_labels(prediction, class_map, folder))
     if dicom_seg:
-        from malignet_bundle.outputs.dicom_seg import write_dicom_segs
-
         version = str((model or {}).get("bundle_version", "0.1.0"))
-        for view, path in zip(prediction.views, write_dicom_segs(prediction, class_map, folder, version), strict=True):
-            written[f"seg_{view.view}"] = path
+        written.update(handlers.write_segs(prediction, class_map, folder, version))
     return written
-
-
-def run_inference(
-    studies: Sequence[StudyInput],
-    predictor: LesionPredictor,
-    class_map: ClassMap,
-    output_dir: str | os.PathLike,
-    model: Mapping[str, Any] | None = None,
-    dicom_seg: bool = True,
-    progress: bool | str = True,
-    roots: Sequence[str | os.PathLike] = (),
-) -> dict[str, list]:
-    """Predict and write every study; a study that cannot be read is logged with its reason and skipped.
-
-    Nothing is written when ``output_dir`` would write into the inputs (:func:`check_output_dir`, with
-    ``roots`` the input and dataset folders of :func:`input_roots`).
-
-    Returns ``{"written": [study ids], "skipped": [(study id, reason)]}``, also written as
-    ``output_dir/summary.json``.
-
-    Raises:
-        NoStudyWrittenError: every study was skipped (after ``summary.json`` is written), so that a run which
-            produced nothing never ends as a success.
-    """
-    from malignet_bundle.atomic_io import write_bytes_atomic, write_json_atomic
-
-    check_output_dir(output_dir, studies, roots)
-    write_bytes_atomic(b"", Path(output_dir) / OUTPUT_MARKER)
-    summary: dict[str, list] = {"written": [], "skipped": []}
-    iterator: Any = studies
-    if str2bool(progress):  # the command line's --progress false arrives as the string "false"
-        from tqdm import tqdm
-
-        iterator = tqdm(studies, desc="inference", unit="study")
-    for study in iterator:
-        try:
-            prediction = predictor.predict_study(study)
-        except InputFileError as e:  # the input's fault; anything else is a bug and must stop the run
-            logger.warning("skipping study %s: %s", study.study_id, e)
-            summary["skipped"].append([study.study_id, str(e)])
-            continue
-        write_study_outputs(prediction, class_map, output_dir, model=model, dicom_seg=dicom_seg)
-        summary["written"].append(study.study_id)
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    write_json_atomic(summary, Path(output_dir) / "summary.json")
-    logger.info(
-        "inference: %d studies written to %s, %d skipped", len(summary["written"]), output_dir, len(summary["skipped"])
-    )
-    if summary["skipped"] and not summary["written"]:
-        reasons = "\n".join(f"  {study_id}: {reason}" for study_id, reason in summary["skipped"])
-        raise NoStudyWrittenError(f"no study could be used, nothing written to {output_dir}:\n{reasons}")
-    return summary

@@ -22,7 +22,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from malignet_bundle.atomic_io import write_json_atomic
 from malignet_bundle.data.class_map import ClassMap
 from malignet_bundle.data.label_store import datalist_from_label_maps
-from malignet_bundle.engines.inference import StudyInput, load_weights
+from malignet_bundle.engines.inference import load_weights, predict_studies
 from malignet_bundle.engines.operating_point import OperatingPoint, copy_model, read_operating_point
 from malignet_bundle.outputs.label_map import study_label_map, write_label_map
 from malignet_bundle.outputs.report import build_report
@@ -63,7 +63,10 @@ def infer_study(
     score_threshold: float | None = None,
     device: str | None = None,
 ) -> dict[str, Any]:
-    """Run ``configs/inference.json``'s predictor on one study file; write ``label.nii.gz`` and ``result.json``.
+    """Run ``configs/inference.json``'s evaluator on one study file; write ``label.nii.gz`` and ``result.json``.
+
+    The bundle's inference workflow (its ``initialize`` loads the weights) without its file writers: the
+    study's prediction becomes a class label map of the whole file and a lesion list instead.
 
     Args:
         image: the study's DICOM NM file (one or two views).
@@ -79,24 +82,33 @@ def infer_study(
         The result: ``label_names``, ``shape`` (frames, rows, columns), ``score_threshold`` (the one used),
         ``operating_point`` (``threshold``, ``origin``: override/validation/default, ``source`` in words),
         ``lesions`` (report entries: id, view, class, score, box, centroid, area), ``metastasis`` and ``views``.
+
+    Raises:
+        InputFileError: naming the file and the reason, when the study cannot be read.
     """
     bundle_root, output_dir = Path(bundle_root), Path(output_dir)
-    parser = ConfigParser()
-    parser.read_config(str(_config(bundle_root, "inference.json")))
-    # after the config: its class map and class count come from the metadata ID (``@_meta_``)
-    parser.read_meta(str(_config(bundle_root, "metadata.json")))
-    parser["bundle_root"] = str(bundle_root)
-    parser["ckpt_dir"] = str(ckpt_dir)
-    parser["score_threshold"] = None if score_threshold is None else float(score_threshold)
+    paths: dict[str, Any] = {
+        "bundle_root": str(bundle_root),
+        "ckpt_dir": str(ckpt_dir),
+        "score_threshold": None if score_threshold is None else float(score_threshold),
+        "input": str(image),  # one study: every view of the file
+        "handlers": [],  # no report, overlay or SEG: the label map and the result below are the outputs
+    }
     if device:
-        parser["device"] = f"$torch.device('{device}')"
-    for key, value in _applicable(overrides, _config(bundle_root, "inference.json")).items():
-        parser[key] = value
-    predictor = parser.get_parsed_content("predictor")
-    operating_point: OperatingPoint = parser.get_parsed_content("operating_point")
-    class_map: ClassMap = parser.get_parsed_content("class_map")
-    study_id = Path(image).name.removesuffix(".dcm")
-    prediction = predictor.predict_study(StudyInput(study_id, [{"image": str(image), "view": None}]))
+        paths["device"] = f"$torch.device('{device}')"
+    workflow = ConfigWorkflow(
+        config_file=str(_config(bundle_root, "inference.json")),
+        # the class map and class count come from the metadata ID (``@_meta_``)
+        meta_file=str(_config(bundle_root, "metadata.json")),
+        logging_file=False,
+        workflow_type="infer",
+        **{**paths, **_applicable(overrides, _config(bundle_root, "inference.json"))},
+    )
+    workflow.initialize()
+    (prediction,) = predict_studies(workflow.evaluator)
+    operating_point: OperatingPoint = workflow.parser.get_parsed_content("operating_point")
+    class_map: ClassMap = workflow.parser.get_parsed_content("class_map")
+    workflow.finalize()
     frames = int(prediction.datasets[0].get("NumberOfFrames", 1) or 1)
     label_map = study_label_map(prediction, frames)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -114,7 +126,7 @@ def infer_study(
     write_json_atomic(result, output_dir / "result.json")
     logger.info(
         "%s: %d lesions at score >= %.2f (%s)",
-        study_id,
+        prediction.study_id,
         len(result["lesions"]),
         operating_point.threshold,
         operating_point.source,
