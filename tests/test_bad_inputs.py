@@ -417,27 +417,40 @@ class NoLesions(torch.nn.Module):
         return [{"masks": torch.zeros(0, 1, h, w), "labels": empty.long(), "scores": empty}]
 
 
-def test_run_inference_skips_each_bad_study_and_lists_it(bad, tmp_path, class_map):
+def test_inference_skips_each_bad_study_and_lists_it(bad, tmp_path, class_map):
+    """inference.json's evaluator over a folder of bad files and one good: each bad study skipped with its reason."""
+    from monai.bundle import ConfigParser
     from monai.transforms import Compose
 
-    from malignet_bundle.engines.inference import LesionPredictor, collect_studies, run_inference
-    from malignet_bundle.transforms.io import LoadNMViewd, SelectViewd
+    from malignet_bundle.transforms.io import SelectViewd
 
     before = _digest(bad)
-    load = Compose([LoadNMViewd("image"), SelectViewd("image")])
 
-    def preprocessing(item: dict) -> dict:
-        data = load(item)
-        h, w = data["image"].shape[-2:]
-        return {**data, "crop_box": torch.tensor([0, 0, w, h])}
+    def whole_view(view: dict) -> dict:  # no chest detector: the network sees the whole view
+        h, w = view["image"].shape[-2:]
+        return {**view, "crop_box": torch.tensor([0, 0, w, h])}
 
-    studies = collect_studies(bad / "bad")
-    assert len(studies) == len(DICOM_CASES) + 1  # one study per file
-    summary = run_inference(
-        studies, LesionPredictor(NoLesions(), preprocessing), class_map, tmp_path, dicom_seg=False, progress=False
-    )
-    assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / "inference.json"))
+    parser.read_meta(str(ROOT / "configs" / "metadata.json"))
+    overrides = {
+        "bundle_root": str(ROOT),
+        "input": str(bad / "bad"),
+        "output_dir": str(tmp_path),
+        "device": "$torch.device('cpu')",
+        "score_threshold": 0.5,
+        "dicom_seg": False,
+        "progress": False,
+        "network": NoLesions(),
+        "view_transforms": Compose([SelectViewd("image"), whole_view]),
+    }
+    for key, value in overrides.items():
+        parser[key] = value
+    assert len(parser.get_parsed_content("studies")) == len(DICOM_CASES) + 1  # one study per file
+    parser.get_parsed_content("evaluator").run()
+    summary = json.loads((tmp_path / "summary.json").read_text())
     assert len(summary["written"]) == 1 and (tmp_path / summary["written"][0] / "report.json").is_file()
+    assert not list(tmp_path.rglob("seg_*.dcm"))  # --dicom_seg false
     skipped = {Path(reason.split(": ", 1)[0]).name: reason for _, reason in summary["skipped"]}
     assert set(skipped) == set(DICOM_CASES)
     for name, (_, reason) in DICOM_CASES.items():

@@ -13,15 +13,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from monai.transforms import Compose, LoadImaged, ScaleIntensityRangePercentilesd
+from monai.bundle import ConfigParser
+from monai.transforms import Compose, ScaleIntensityRangePercentilesd
 
 from malignet_bundle.data.annotations import load_annotation
 from malignet_bundle.data.datalist import load_datalist
-from malignet_bundle.data.reader import NMWholeBodyReader
 from malignet_bundle.data.synthesize import synthesize_study, write_study
-from malignet_bundle.engines.inference import LesionPredictor, StudyInput, collect_studies, write_study_outputs
-from malignet_bundle.transforms.geometry import CropToChestd
-from malignet_bundle.transforms.io import LoadAnnotationd, SelectViewd
+from malignet_bundle.engines.inference import (
+    LoadStudyd,
+    collect_studies,
+    plan_study,
+    predict_studies,
+    write_study_outputs,
+)
+from malignet_bundle.transforms.geometry import CropToChestd, UnmirrorPosteriord
+from malignet_bundle.transforms.io import LoadAnnotationd, LoadNMViewd, SelectViewd
 
 from .conftest import ROOT
 
@@ -29,45 +35,70 @@ from .conftest import ROOT
 class OracleNetwork(torch.nn.Module):
     """Returns the ground-truth masks of the crop it is given, as a perfect detector would.
 
-    The predictor is under test here, not the network: if the masks come back to the wrong place in the
-    stored frame (crop offset, resize, posterior mirroring), they miss the ground truth.
+    The inference workflow is under test here, not the network: if the masks come back to the wrong place in
+    the stored frame (crop offset, resize, posterior mirroring), they miss the ground truth. The view chain
+    queues each view's crop with its annotation; the workflow calls the network once per view, in order.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.current: dict | None = None
+        self.queue: list[dict] = []
 
     def forward(self, images: list[torch.Tensor]) -> list[dict]:
-        masks = torch.as_tensor(self.current["masks"]).float()[:, None]
+        current = self.queue.pop(0)
+        assert torch.equal(torch.as_tensor(images[0]), torch.as_tensor(current["image"]).float())  # its own crop
+        masks = torch.as_tensor(current["masks"]).float()[:, None]
         n = masks.shape[0]
-        return [
-            {"masks": masks, "labels": torch.as_tensor(self.current["labels"]), "scores": torch.linspace(1, 0.5, n)}
-        ]
+        return [{"masks": masks, "labels": torch.as_tensor(current["labels"]), "scores": torch.linspace(1, 0.5, n)}]
 
 
-def _oracle_predictor(class_map) -> LesionPredictor:
+def _oracle_parser(class_map, source, *, empty: bool = False, **overrides) -> ConfigParser:
+    """``configs/inference.json`` on ``source`` with the oracle as network and its ground truth in the view chain.
+
+    ``empty``: the oracle finds nothing. Handlers are none unless ``overrides`` give them.
+    """
     oracle = OracleNetwork()
+
+    def with_label(view: dict) -> dict:  # the study's annotation, labels/<study>.json beside studies/
+        label = re.sub(r"(_ANTE|_POST)?\.dcm$", ".json", str(view["source_path"]).replace("studies", "labels"))
+        return {**view, "label": label}
+
+    def queue(view: dict) -> dict:
+        if empty:
+            view = {**view, "masks": view["masks"][:0], "labels": view["labels"][:0]}
+        oracle.queue.append(view)
+        return view
+
     chain = Compose(
         [
-            LoadImaged("image", reader=NMWholeBodyReader(), image_only=True),
+            with_label,
             LoadAnnotationd("label", class_map=class_map),
             SelectViewd("image"),
             ScaleIntensityRangePercentilesd("image", 0, 99.5, 0.0, 1.0),
             CropToChestd("image", spatial_size=320, margin=0.05),
+            queue,
         ]
     )
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / "inference.json"))
+    parser.read_meta(str(ROOT / "configs" / "metadata.json"))
+    settings = {
+        "bundle_root": str(ROOT),
+        "input": str(source),
+        "device": "$torch.device('cpu')",
+        "progress": False,
+        "handlers": [],
+        "network": oracle,
+        "view_transforms": chain,
+        **overrides,
+    }
+    for key, value in settings.items():
+        parser[key] = value
+    return parser
 
-    def preprocessing(item: dict) -> dict:
-        label = re.sub(r"(_ANTE|_POST)?\.dcm$", ".json", item["image"].replace("studies", "labels"))
-        data = chain({**item, "label": label})
-        oracle.current = data
-        return data
 
-    return LesionPredictor(oracle, preprocessing)
-
-
-def _study(dataset, split="test") -> StudyInput:
-    return collect_studies(dataset / "datalist.json", split=split)[0]
+def _oracle_predictions(class_map, source, **overrides) -> list:
+    return predict_studies(_oracle_parser(class_map, source, **overrides).get_parsed_content("evaluator"))
 
 
 def _sha(path) -> str:
@@ -95,8 +126,9 @@ def _check_segs(written, prediction, class_map):
 
 
 def test_masks_come_back_onto_the_lesions_of_the_stored_frames(synthetic_dataset, class_map):
-    study = _study(synthetic_dataset, "labeled")
-    prediction = _oracle_predictor(class_map).predict_study(study)
+    study = collect_studies(synthetic_dataset / "datalist.json", split="labeled")[0]
+    (prediction,) = _oracle_predictions(class_map, synthetic_dataset / "datalist.json", split="labeled", max_studies=1)
+    assert prediction.study_id == study.study_id
     assert [v.view for v in prediction.views] == ["anterior", "posterior"]
     for view in prediction.views:
         truth = load_annotation(study.items[0]["label"], view.image.shape, view=view.view)
@@ -114,10 +146,40 @@ def test_masks_come_back_onto_the_lesions_of_the_stored_frames(synthetic_dataset
         assert abs(y0 - truth_box[1]) < 0.1 * 1024 + 2
 
 
+def test_each_file_of_a_study_is_decoded_once_and_loads_as_the_nm_reader_gives_it(synthetic_dataset):
+    """A datalist lists a two-view file once per view: one decode serves both views, identical to a file read."""
+    study = collect_studies(synthetic_dataset / "datalist.json", split="labeled")[0]
+    assert len(study.items) == 2 and study.items[0]["image"] == study.items[1]["image"]
+    planned = plan_study(study)
+    assert [entry.view for entry in planned] == ["anterior", "posterior"]
+    assert planned[0].nm is planned[1].nm  # decoded once
+    loaded = LoadStudyd()(study.as_item())
+    read = LoadNMViewd("image")({"image": study.items[0]["image"]})["image"]
+    for k, view in enumerate(loaded["views"]):
+        assert torch.equal(view["image"], read) and view["image"].meta["views"] == read.meta["views"]
+        assert view["frame_index"] == k and np.array_equal(view["frame"], read.array[k])
+        assert view["label"] == study.items[k]["label"]  # the item's other keys travel with the view
+    assert loaded["spacing"] == tuple(read.meta["spacing"])
+
+
+def test_unmirror_posterior_undoes_the_view_selection_mirroring(synthetic_dataset):
+    study = collect_studies(synthetic_dataset / "datalist.json", split="labeled")[0]
+    stored = LoadNMViewd("image")({"image": study.items[0]["image"]})["image"]
+    masks = torch.zeros((2, *stored.shape[1:]), dtype=torch.uint8)
+    masks[0, 100:140, 20:60], masks[1, 500:520, 200:250] = 1, 1
+    chest = torch.tensor([30.0, 80.0, 170.0, 400.0])
+    for view in ("anterior", "posterior"):
+        seen = SelectViewd("image")({"image": stored, "view": view, "masks": masks, "chest_box": chest})
+        assert seen["image"].meta["mirrored"] == (view == "posterior")
+        assert torch.equal(seen["masks"], masks) == (view == "anterior")  # posterior: mirrored for the network
+        back = UnmirrorPosteriord("masks")({**seen, "masks": seen["masks"].numpy()})
+        assert np.array_equal(back["masks"], masks.numpy())
+        assert [float(v) for v in back["chest_box"]] == pytest.approx(chest.tolist())
+
+
 def test_one_file_per_view_study_gets_a_seg_per_source_file(tmp_path, class_map):
     items = write_study(synthesize_study([5, 6], "SINGLE"), tmp_path / "in", class_map, layout="single")
-    (study,) = collect_studies(tmp_path / "in" / "studies")
-    prediction = _oracle_predictor(class_map).predict_study(study)
+    (prediction,) = _oracle_predictions(class_map, tmp_path / "in" / "studies")
     assert sorted(v.view for v in prediction.views) == ["anterior", "posterior"]
     assert [v.frame_index for v in prediction.views] == [0, 0]
     assert len({ds.SOPInstanceUID for ds in prediction.datasets}) == 2
@@ -128,17 +190,8 @@ def test_one_file_per_view_study_gets_a_seg_per_source_file(tmp_path, class_map)
 
 
 def test_a_view_without_lesions_gives_empty_outputs(tmp_path, synthetic_dataset, class_map):
-    study = _study(synthetic_dataset, "labeled")
-    predictor = _oracle_predictor(class_map)
-    chain = predictor.preprocessing
-
-    def no_lesions(item: dict) -> dict:
-        data = chain(item)
-        data["masks"], data["labels"] = data["masks"][:0], data["labels"][:0]
-        return data
-
-    predictor.preprocessing = no_lesions
-    prediction = predictor.predict_study(study)
+    datalist = synthetic_dataset / "datalist.json"
+    (prediction,) = _oracle_predictions(class_map, datalist, split="labeled", max_studies=1, empty=True)
     assert all(v.masks.shape == (0, *v.image.shape) for v in prediction.views)
     written = write_study_outputs(prediction, class_map, tmp_path)
     report = json.loads(written["report"].read_text())
@@ -168,16 +221,42 @@ def test_studies_from_file_folder_and_datalist(tmp_path, synthetic_dataset, clas
 
 
 def test_report_coordinates_land_on_the_lesions(tmp_path, synthetic_dataset, class_map):
+    """The workflow's own writer handlers, one study per iteration: files, content, and the inputs untouched."""
     from pycocotools import mask as mask_utils
 
-    study = _study(synthetic_dataset, "labeled")
+    study = collect_studies(synthetic_dataset / "datalist.json", split="labeled")[0]
     source = study.items[0]["image"]
     before = _sha(source)
-    prediction = _oracle_predictor(class_map).predict_study(study)
-    written = write_study_outputs(prediction, class_map, tmp_path / "out")
+    parser = _oracle_parser(class_map, synthetic_dataset / "datalist.json", split="labeled", max_studies=1)
+    parser["handlers"] = ConfigParser.load_config_file(str(ROOT / "configs" / "inference.json"))["handlers"]
+    parser["output_dir"] = str(tmp_path / "out")
+    (prediction,) = predict_studies(parser.get_parsed_content("evaluator"))
     assert _sha(source) == before
-    assert set(written) >= {"report", "overlay", "nifti_anterior", "nifti_posterior", "seg_anterior", "seg_posterior"}
+    folder = tmp_path / "out" / study.study_id
+    names = {p.name for p in folder.iterdir()}
+    assert names == {
+        "report.json",
+        "overlay.png",
+        "anterior_instances.nii.gz",
+        "anterior_instances.classes.json",
+        "posterior_instances.nii.gz",
+        "posterior_instances.classes.json",
+        "seg_anterior.dcm",
+        "seg_posterior.dcm",
+    }
+    assert json.loads((tmp_path / "out" / "summary.json").read_text()) == {"written": [study.study_id], "skipped": []}
+    written = {
+        "report": folder / "report.json",
+        **{f"seg_{v}": folder / f"seg_{v}.dcm" for v in ("anterior", "posterior")},
+    }
     _check_segs(written, prediction, class_map)
+    # the same prediction written by the function outside the evaluator gives the same files
+    again = write_study_outputs(
+        prediction, class_map, tmp_path / "again", model=parser.get_parsed_content("model_info")
+    )
+    assert json.loads(again["report"].read_text()) == json.loads(written["report"].read_text())
+    for view in ("anterior", "posterior"):
+        assert _sha(again[f"nifti_{view}"]) == _sha(folder / f"{view}_instances.nii.gz")
     report = json.loads(written["report"].read_text())
     truth = {
         v.view: load_annotation(study.items[0]["label"], v.image.shape, view=v.view).masks for v in prediction.views
@@ -387,12 +466,15 @@ def test_the_label_infer_task_uses_the_stored_threshold_unless_told(tmp_path, sy
 
 def test_colliding_files_of_one_study_are_named_and_the_run_fails(colliding_folder, class_map, tmp_path):
     """Two files of one study that both hold the anterior view: refused with both named, and no exit 0."""
-    from malignet_bundle.engines.inference import NoStudyWrittenError, run_inference
+    from malignet_bundle.engines.inference import NoStudyWrittenError
 
     studies = collect_studies(colliding_folder)
     assert len(studies) == 1 and len(studies[0].items) == 2  # one StudyInstanceUID
-    predictor = LesionPredictor(OracleNetwork(), lambda item: item)  # never reached: files are checked first
+    parser = _oracle_parser(class_map, colliding_folder, output_dir=str(tmp_path / "out"))
+    parser["handlers"] = ConfigParser.load_config_file(str(ROOT / "configs" / "inference.json"))["handlers"]
+    evaluator = parser.get_parsed_content("evaluator")
     with pytest.raises(NoStudyWrittenError, match="both hold the anterior view"):
-        run_inference(studies, predictor, class_map, tmp_path / "out", progress=False)
+        evaluator.run()  # the oracle is never reached: the files are checked first
     ((study_id, reason),) = json.loads((tmp_path / "out" / "summary.json").read_text())["skipped"]
     assert "anterior_copy.dcm" in reason and "posterior_copy.dcm" in reason, reason
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".malignet-inference-output", "summary.json"]
