@@ -60,5 +60,5 @@ def test_smoke_profile_trains_and_evaluates_the_mask_rcnn_teacher_row(tmp_path):
     assert result["name"] == "fpn_mt-l1-u1-s0" and result["unlabeled_views"] > 0
     assert np.isfinite(result["metrics"]["test_mean_f1"])
     assert "| Mask R-CNN + mean teacher |" in (out / "results.md").read_text()
-    overrides = json.loads((out / "runs" / "fpn_mt-l1-u1-s0" / "overrides.json").read_text())
+    overrides = json.loads((out / "runs" / "steps2" / "fpn_mt-l1-u1-s0" / "overrides.json").read_text())
     assert overrides["mean_teacher_burn_in"] == 1  # the smoke profile's teacher starts after one step

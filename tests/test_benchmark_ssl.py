@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from malignet_bundle.experiments.ssl_benchmark import (
     VARIATIONS,
     RunSpec,
     aggregate,
+    machine_slug,
     plan_runs,
     run_overrides,
     subset_datalist,
@@ -95,6 +97,8 @@ def test_why_report_pairs_each_change_with_its_seed(tmp_path):
         run = {"variant": variant, "seed": seed, "labeled_fraction": 1.0, "unlabeled_fraction": unlabeled}
         return {
             "run": {**run, "variation": variation},
+            "name": RunSpec(variant, seed, 1.0, unlabeled, variation).name,
+            "trained_on": "machine A",
             "labeled_views": 8,
             "unlabeled_views": 8,
             "train_seconds": 60.0,
@@ -109,14 +113,21 @@ def test_why_report_pairs_each_change_with_its_seed(tmp_path):
         result("malignet", 1, 0.6, "noise0.3"),
         {**result("malignet", 0, 0.9), "run": {**result("malignet", 0, 0.9)["run"], "unlabeled_fraction": 0.0}},
     ]
-    results[0]["trained_on"] = "machine A"  # the others say nothing: pooled from two machines, and said so
     markdown = write_report(results, PROFILES["smoke"], tmp_path, "cmd")
-    assert "Trained on: machine A; not recorded." in markdown and "come from 2 machines" in markdown
+    assert "Trained on: machine A." in markdown and "machines" not in markdown.split("###")[0]
     section = markdown.split("### Why")[1]
     unchanged, changed = [line for line in section.splitlines() if line.startswith("| ResNet + LFPN")]
     assert "unchanged" in unchanged and "0.300 ± 0.283" in unchanged  # seeds 0 and 1 only, not u0 or seed 2
     assert "noise ratio 0.3" in changed and changed.endswith(" +0.100 | — |")  # paired: +0.1 on both seeds
     assert (tmp_path / "why.png").read_bytes()[:4] == b"\x89PNG"
+    # the same change trained on another machine joins no pair of machine A: its section has no reference
+    other = {**result("malignet", 2, 0.95, "noise0.3"), "trained_on": "machine B"}
+    markdown = write_report([*results, other], PROFILES["smoke"], tmp_path, "cmd")
+    assert "### Machine M1: machine A (6 runs)" in markdown and "### Machine M2: machine B (1 run)" in markdown
+    assert (tmp_path / "why_m1.png").is_file() and (tmp_path / "why_m2.png").is_file()
+    machine_b = markdown.split("### Machine M2")[1].split("### Evidence")[0]
+    (changed_b,) = [line for line in machine_b.splitlines() if line.startswith("| ResNet + LFPN")]
+    assert changed_b.endswith(" — | — |")  # no unchanged run of seed 2 on machine B: no paired difference
 
 
 def test_supervised_rows_ignore_the_unlabeled_fraction():
@@ -196,26 +207,50 @@ def test_smoke_profile_end_to_end_and_resumes(tmp_path):
     assert "Table 4 ablation" in markdown and "±" in markdown
     machine = runs["fpn-l1-s0"]["trained_on"]
     assert torch.backends.cpu.get_cpu_capability() in machine and f"Trained on: {machine}." in markdown
+    # the study's record: budget, configs, speed settings, both matching rules, and a copy kept per machine
+    fpn = runs["fpn-l1-s0"]
+    assert fpn["steps"] == 2 and fpn["iterations"] == 2 and fpn["matching"] == "class_agnostic"
+    assert fpn["config_files"] == ["train.json", "baseline.json"] and fpn["speed_settings"]["bf16_on_cpu"] is False
+    assert fpn["metrics"]["test_mean_f1"] == fpn["metrics"]["test_mean_f1_class_agnostic_matching"]
+    assert "test_mean_f1_per_class_matching" in fpn["metrics"]
+    kept = out / "study" / machine_slug(machine) / "smoke" / "steps2" / "fpn-l1-s0.json"
+    assert json.loads(kept.read_text()) == fpn
+    assert len(list((out / "study").glob("*/smoke/steps2/*.json"))) == 16
+    assert (
+        "### Evidence: paired differences" in markdown
+        and "| ResNet + LFPN w/ global features (MaligNet) vs" in markdown
+    )
+    assert "Table 4 under both matching rules" in markdown and "Step budget: 2 labeled-batch iterations" in markdown
     curve = runs["fpn-l1-s0"]["score_threshold_curve"]
     assert len(curve["thresholds"]) == len(curve["mean_f1"]) and curve["best_mean_f1"] == max(curve["mean_f1"])
     for plot in ("labeled_sweep.png", "unlabeled_sweep.png", "threshold_curves.png"):
         assert (out / plot).read_bytes()[:4] == b"\x89PNG"
     # every run can be repeated on its own: its datalist and override config are beside its result
-    overrides = json.loads((out / "runs" / "malignet_st-l1-u1-s0" / "overrides.json").read_text())
-    assert overrides["pretrained_checkpoint"].endswith("malignet-l1-u1-s0/models/model.pt")
+    overrides = json.loads((out / "runs" / "steps2" / "malignet_st-l1-u1-s0" / "overrides.json").read_text())
+    assert overrides["pretrained_checkpoint"].endswith("steps2/malignet-l1-u1-s0/models/model.pt")
 
-    stamp = (out / "runs" / "fpn-l1-s0" / "result.json").stat().st_mtime_ns
+    fpn_dir = out / "runs" / "steps2" / "fpn-l1-s0"
+    stamp = (fpn_dir / "result.json").stat().st_mtime_ns
     again = run_script("benchmark_ssl", *args, "--seeds", "0")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert (out / "runs" / "fpn-l1-s0" / "result.json").stat().st_mtime_ns == stamp  # skipped, not retrained
+    assert (fpn_dir / "result.json").stat().st_mtime_ns == stamp  # skipped, not retrained
     assert "Epoch[" not in again.stdout + again.stderr  # no engine ran
 
-    before = json.loads((out / "runs" / "fpn-l1-s0" / "result.json").read_text())
+    before = json.loads((fpn_dir / "result.json").read_text())
     only = ("--seeds", "0", "--sweeps", "table4", "--variants", "fpn")
     third = run_script("benchmark_ssl", *args, *only, "--reevaluate")
     assert third.returncode == 0, third.stderr[-3000:]
-    after = json.loads((out / "runs" / "fpn-l1-s0" / "result.json").read_text())
-    assert (out / "runs" / "fpn-l1-s0" / "result.json").stat().st_mtime_ns != stamp  # evaluated again ...
+    after = json.loads((fpn_dir / "result.json").read_text())
+    assert (fpn_dir / "result.json").stat().st_mtime_ns != stamp  # evaluated again ...
     assert after["train_seconds"] == before["train_seconds"]  # ... with the trained model, not retrained
     assert after["trained_on"] == before["trained_on"]
     assert "loss:" not in third.stdout + third.stderr
+
+    # a fresh clone holds only the kept results: the run is not trained again, and the report is rebuilt
+    shutil.rmtree(out / "runs")
+    fourth = run_script("benchmark_ssl", *args, *only)
+    assert fourth.returncode == 0, fourth.stderr[-3000:]
+    assert "Epoch[" not in fourth.stdout + fourth.stderr and not (fpn_dir / "result.json").exists()
+    rebuilt = run_script("benchmark_ssl", *args, "--report_only")
+    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+    assert len(json.loads((out / "results.json").read_text())["runs"]) == 16

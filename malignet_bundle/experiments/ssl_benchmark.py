@@ -10,6 +10,14 @@ next call; one that was interrupted resumes from its latest checkpoint (the bund
 
 Deterministic preprocessing (DICOM read, chest detection, crop) is cached once per profile with MONAI's
 ``PersistentDataset``, so the runs differ only in what they are meant to differ in.
+
+The evidence study (issue 17) is this benchmark at the learning curves' plateau budget (``cpu``: 1600 steps,
+with ``configs/cpu.json``'s speed settings). Run folders are kept per step budget
+(``<output_dir>/runs/steps<N>/<run>``), and every finished run's ``result.json`` is also copied to
+``<results_dir>/<machine slug>/<profile>/steps<N>/<run>.json`` (:func:`study_result_path`), small JSON meant
+to be committed: the study accumulates across sessions and machines without mixing them, a run already
+committed for this machine is not trained again, and the report is rebuilt from those files on a fresh clone.
+The report pairs runs of one machine only (:mod:`~malignet_bundle.experiments.study_statistics`).
 """
 
 from __future__ import annotations
@@ -30,12 +38,23 @@ import numpy as np
 from malignet_bundle.atomic_io import write_json_atomic
 from malignet_bundle.data.datalist import load_datalist
 from malignet_bundle.engines.checkpoint import FinishedRunError, prepare_resume
+from malignet_bundle.experiments.study_statistics import (
+    INTERVAL_METHODS,
+    Side,
+    compare,
+    data_efficiency,
+    machine_of,
+    machine_slug,
+)
+from malignet_bundle.metrics.lesion import MATCHING_RULES, check_matching
 from malignet_bundle.networks.malignet import LESION_ANCHOR_SIZES
 
 __all__ = [
     "VARIANTS",
     "Variant",
     "MEAN_TEACHER_VARIANTS",
+    "COMPARISONS",
+    "STUDY_METRICS",
     "PROFILES",
     "SWEEPS",
     "DEFAULT_SWEEPS",
@@ -46,10 +65,19 @@ __all__ = [
     "plan_runs",
     "prepare_dataset",
     "subset_datalist",
+    "config_files",
     "run_overrides",
+    "run_workflow",
+    "run_directory",
+    "study_result_path",
+    "load_study_results",
+    "merge_results",
     "execute_run",
     "aggregate",
     "write_report",
+    "with_steps",
+    "study_comparisons",
+    "study_data_efficiency",
 ]
 
 logger = logging.getLogger(__name__)
@@ -60,12 +88,18 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 class Variant(NamedTuple):
     """One benchmark row: the network and the semi-supervised method.
 
+    New rows (e.g. segmentation baselines) add fields with defaults at the end, so positional uses stay valid.
+
     Attributes:
         row: the row's name (thesis Table 4 for the first five).
         ladder: ladder FPN (and its cost on unlabeled scans).
         global_features: global features in the box head.
         self_training: pseudo-labels from a trained MaligNet of the same seed (``self_training.json``).
         mean_teacher: an EMA teacher's pseudo-labels during training (``mean_teacher.json``).
+        base: the row this one adds a semi-supervised method to (the same network without it); the study
+            compares the two in pairs (:data:`COMPARISONS`). Empty for a supervised row.
+        configs: further bundle config files (names in ``configs/``), merged after the method's and before
+            the profile's (:func:`config_files`).
     """
 
     row: str
@@ -73,6 +107,8 @@ class Variant(NamedTuple):
     global_features: bool
     self_training: bool
     mean_teacher: bool = False
+    base: str = ""
+    configs: tuple[str, ...] = ()
 
     @property
     def unlabeled(self) -> bool:
@@ -83,11 +119,11 @@ class Variant(NamedTuple):
 VARIANTS: dict[str, Variant] = {
     "fpn": Variant("ResNet + FPN (Mask R-CNN)", False, False, False),
     "fpn_global": Variant("ResNet + FPN w/ global features", False, True, False),
-    "lfpn": Variant("ResNet + LFPN w/o global features", True, False, False),
-    "malignet": Variant("ResNet + LFPN w/ global features (MaligNet)", True, True, False),
-    "malignet_st": Variant("MaligNet + self-training", True, True, True),
-    "fpn_mt": Variant("Mask R-CNN + mean teacher", False, False, False, mean_teacher=True),
-    "malignet_mt": Variant("MaligNet + mean teacher", True, True, False, mean_teacher=True),
+    "lfpn": Variant("ResNet + LFPN w/o global features", True, False, False, base="fpn"),
+    "malignet": Variant("ResNet + LFPN w/ global features (MaligNet)", True, True, False, base="fpn_global"),
+    "malignet_st": Variant("MaligNet + self-training", True, True, True, base="malignet"),
+    "fpn_mt": Variant("Mask R-CNN + mean teacher", False, False, False, mean_teacher=True, base="fpn"),
+    "malignet_mt": Variant("MaligNet + mean teacher", True, True, False, mean_teacher=True, base="malignet"),
 }
 TABLE4_VARIANTS = ("fpn", "fpn_global", "lfpn", "malignet", "malignet_st")
 # planned only when asked for (``variants``), then in every sweep beside the row without the teacher
@@ -103,6 +139,29 @@ VARIANT_COLORS = {
 }
 SWEEPS = ("table4", "labeled", "unlabeled", "why")
 DEFAULT_SWEEPS = ("table4", "labeled", "unlabeled")  # "why" is the follow-up investigation, run on demand
+# the study's paired comparisons, (name, row, reference row): the headline, then each semi-supervised row
+# against its base (Variant.base); a comparison without pairs in the results is left out of the report
+COMPARISONS: tuple[tuple[str, str, str], ...] = (
+    ("MaligNet vs Mask R-CNN", "malignet", "fpn"),
+    *((f"{v} vs {variant.base}", v, variant.base) for v, variant in VARIANTS.items() if variant.base),
+)
+# the rows of the labeled-data sweep whose data efficiency against Mask R-CNN at 100 % is estimated
+EFFICIENCY_VARIANTS = ("malignet", *MEAN_TEACHER_VARIANTS)
+# the metrics the study compares; a tuple names the metric and the older name it replaces, tried in order
+# (results from before the matching option hold the class-agnostic mean F1 as test_mean_f1 only)
+STUDY_METRICS: dict[str, tuple[str, ...]] = {
+    "AP50": ("test_ap50",),
+    "FROC CPM": ("test_froc_cpm",),
+    "mean F1 at 0.7, class-agnostic matching": ("test_mean_f1_class_agnostic_matching", "test_mean_f1"),
+    "mean F1 at 0.7, per-class matching": ("test_mean_f1_per_class_matching",),
+    "mean F1 at the validation threshold": ("test_operating_mean_f1",),
+}
+# Table 4 under both matching rules (metrics/lesion.py), reported side by side
+MATCHING_METRICS = {
+    f"test_mean_{k}_{rule}_matching": f"mean {name}, {rule.replace('_', '-')} matching"
+    for rule in MATCHING_RULES
+    for k, name in (("precision", "precision"), ("sensitivity", "sensitivity"), ("f1", "F1"))
+}
 # the Tables 4–7 figures the report shows, in this order (evaluate.json prefixes them with test_)
 REPORTED_METRICS = {
     "test_mean_precision": "mean precision",
@@ -138,7 +197,12 @@ class Profile:
         labeled_fractions: Fig. 19 points, fractions of the labeled split.
         unlabeled_fractions: Fig. 20 points, fractions of the unlabeled split.
         chest_epochs: epochs of the chest detector trained when none is given.
-        mean_teacher: overrides of the mean-teacher rows (burn-in and EMA decay sized to ``iterations``).
+        extra: further bundle overrides of every run.
+        mean_teacher: overrides of the mean-teacher rows (burn-in and EMA decay sized to ``iterations``;
+            :func:`with_steps` rescales them with the budget).
+        config_files: bundle config files (names in ``configs/``) merged after the row's, before the run's
+            overrides (``cpu``: ``cpu.json``'s speed settings, RPN top-N 600/300 and bf16 autocast where the
+            CPU has native bf16 kernels).
     """
 
     name: str
@@ -156,6 +220,7 @@ class Profile:
     chest_epochs: int
     extra: dict[str, Any] = field(default_factory=dict)
     mean_teacher: dict[str, Any] = field(default_factory=dict)
+    config_files: tuple[str, ...] = ()
 
 
 def _scaled_anchors(image_size: int) -> list[list[int]]:
@@ -185,7 +250,8 @@ PROFILES: dict[str, Profile] = {
         name="cpu",
         description=(
             "CPU-sized: ResNet-18 backbone, 64-channel pyramid, 256-wide box head, 192 px chest crops, "
-            "batch 4, 200 iterations (thesis: ResNet-50, 256 channels, 1024, 320 px, batch 16)"
+            "batch 4, configs/cpu.json's speed settings (RPN top-N 600/300 in training, bf16 autocast on CPUs "
+            "with native bf16 kernels) (thesis: ResNet-50, 256 channels, 1024, 320 px, batch 16)"
         ),
         dataset={"labeled": 32, "unlabeled": 320, "validation": 10, "test": 30, "seed": 2024},
         network={
@@ -196,17 +262,20 @@ PROFILES: dict[str, Profile] = {
             "box_batch_size_per_image": 64,
         },
         image_size=192,
-        iterations=200,
-        self_training_iterations=100,
+        # the learning curves' plateau (docs/BENCHMARKS.md): Mask R-CNN flat from ~1000-1300 steps, MaligNet's
+        # AP50 from 960; Results 1-3 were read at 200 and 600 steps, on the rising part of both curves
+        iterations=1600,
+        self_training_iterations=800,
         batch_size=4,
         warmup_iterations=25,
         seeds=(0, 1, 2),
         labeled_fractions=(0.25, 0.5, 1.0),
         unlabeled_fractions=(0.0, 0.25, 1.0),
         chest_epochs=25,
-        # half the 200 steps supervised; a decay whose time constant (100 steps) is the teaching half, since
-        # 0.9996 would leave the teacher 96 % the burnt-in student at the end
-        mean_teacher={"mean_teacher_burn_in": 100, "ema_decay": 0.99},
+        # half the 1600 steps supervised; a decay whose time constant (800 steps) is the teaching half, since
+        # 0.9996 would leave the teacher mostly the burnt-in student at the end
+        mean_teacher={"mean_teacher_burn_in": 800, "ema_decay": 0.99875},
+        config_files=("cpu.json",),
     ),
     "smoke": Profile(
         name="smoke",
@@ -403,7 +472,18 @@ def subset_datalist(datalist: Mapping[str, list[dict]], run: RunSpec) -> dict[st
     return {**datalist, "labeled": labeled, "unlabeled": unlabeled}
 
 
-def _config_files(run: RunSpec) -> list[Path]:
+def config_files(run: RunSpec, profile: Profile | None = None) -> list[Path]:
+    """The bundle config files of ``run``, in merge order, before its ``overrides.json``.
+
+    Args:
+        run: the run (its variant decides the method configs).
+        profile: the benchmark profile; its :attr:`Profile.config_files` come last (``cpu``: ``cpu.json``).
+            None: the row's configs only.
+
+    Returns:
+        ``train.json``, then ``baseline.json`` without the ladder, ``self_training.json`` or
+        ``mean_teacher.json`` for those methods, the variant's own :attr:`Variant.configs`, the profile's.
+    """
     variant = VARIANTS[run.variant]
     files = [CONFIG_DIR / "train.json"]
     if not variant.ladder:
@@ -412,7 +492,99 @@ def _config_files(run: RunSpec) -> list[Path]:
         files.append(CONFIG_DIR / "self_training.json")
     if variant.mean_teacher:
         files.append(CONFIG_DIR / "mean_teacher.json")
+    files += [CONFIG_DIR / name for name in variant.configs]
+    if profile is not None:
+        files += [CONFIG_DIR / name for name in profile.config_files]
     return files
+
+
+_config_files = config_files  # the name experiments/learning_curve.py imports
+
+
+def run_directory(output_dir: Path, profile: Profile, run: RunSpec) -> Path:
+    """Where ``run`` trains: ``<output_dir>/runs/steps<N>/<run.name>``, one folder per step budget.
+
+    The budget is in the path because the run's name does not hold it: a finished run of another budget
+    must not be taken for this one.
+    """
+    return output_dir / "runs" / f"steps{profile.iterations}" / run.name
+
+
+def study_result_path(results_dir: Path, trained_on: str, profile: Profile, run: RunSpec) -> Path:
+    """Where the study keeps ``run``'s result: ``<results_dir>/<machine slug>/<profile>/steps<N>/<run.name>.json``.
+
+    Args:
+        results_dir: the study's folder of results (``docs/results/study``).
+        trained_on: the machine (:func:`machine_description`), one folder each (:func:`machine_slug`).
+        profile: the profile; its name and step budget are folders, so budgets never mix.
+        run: the run.
+    """
+    return results_dir / machine_slug(trained_on) / profile.name / f"steps{profile.iterations}" / f"{run.name}.json"
+
+
+def load_study_results(results_dir: Path, profile: Profile) -> list[dict[str, Any]]:
+    """Every result the study holds for ``profile`` at its step budget, of every machine.
+
+    Args:
+        results_dir: the study's folder of results.
+        profile: the profile (name and ``iterations`` select the folders).
+
+    Returns:
+        The results, ordered by path (machine, then run).
+
+    Raises:
+        ValueError: for a file that is not a readable result, naming the file and the reason.
+    """
+    results = []
+    for path in sorted(results_dir.glob(f"*/{profile.name}/steps{profile.iterations}/*.json")):
+        try:
+            result = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: not a readable result JSON ({e})") from e
+        if not isinstance(result, dict) or not {"run", "metrics"} <= set(result):
+            raise ValueError(f"{path}: not a benchmark result (no 'run' and 'metrics')")
+        if result.get("steps", profile.iterations) != profile.iterations:
+            raise ValueError(f"{path}: trained for {result['steps']} steps, kept under steps{profile.iterations}")
+        results.append(result)
+    return results
+
+
+def merge_results(*groups: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One result per (machine, run name), the first group's first: a run kept in two places counts once."""
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for group in groups:
+        for result in group:
+            merged.setdefault((machine_of(result), result["name"]), dict(result))
+    return list(merged.values())
+
+
+def with_steps(profile: Profile, steps: int) -> Profile:
+    """``profile`` with a step budget of ``steps``; self-training and the mean teacher's schedule scale with it.
+
+    The self-training student's steps, the mean teacher's burn-in and its EMA time constant ``1 / (1 − decay)``
+    keep their share of the budget.
+
+    Args:
+        profile: the profile.
+        steps: labeled-batch iterations per training.
+
+    Raises:
+        ValueError: for fewer than one step.
+    """
+    if steps < 1:
+        raise ValueError(f"the step budget must be at least 1, got {steps}")
+    factor = steps / profile.iterations
+    teacher = dict(profile.mean_teacher)
+    if "mean_teacher_burn_in" in teacher:
+        teacher["mean_teacher_burn_in"] = round(teacher["mean_teacher_burn_in"] * factor)
+    if "ema_decay" in teacher:
+        teacher["ema_decay"] = max(0.0, 1.0 - (1.0 - teacher["ema_decay"]) / factor)
+    return replace(
+        profile,
+        iterations=steps,
+        self_training_iterations=max(1, round(profile.self_training_iterations * factor)),
+        mean_teacher=teacher,
+    )
 
 
 def _persistent_datasets(node: Any, cache_root: Path, path: str = "") -> Any:
@@ -487,7 +659,7 @@ def run_overrides(
         assert teacher is not None
         overrides["pretrained_checkpoint"] = str(run_dir.parent / teacher.name / "models" / "model.pt")
     parser = ConfigParser()
-    parser.read_config([str(f) for f in _config_files(run)])
+    parser.read_config([str(f) for f in config_files(run, profile)])
     for key, value in overrides.items():
         parser[key] = value
     for key in ("train#dataset", "train#unlabeled_dataset", "validate#dataset", "train#pseudo_source"):
@@ -498,7 +670,14 @@ def run_overrides(
     return overrides
 
 
-def _workflow(files: Sequence[Path], run_id: str, tracking: str | None) -> None:
+def run_workflow(files: Sequence[Path], run_id: str, tracking: str | None) -> None:
+    """Run the bundle workflow ``run_id`` (``training`` or ``evaluating``) of ``files`` merged in order.
+
+    Args:
+        files: config files, the last one merged last.
+        run_id: the workflow's run ID.
+        tracking: ``"mlflow"`` to log through the bundle's tracking, else None.
+    """
     from monai.bundle import ConfigWorkflow
 
     workflow = ConfigWorkflow(
@@ -512,6 +691,25 @@ def _workflow(files: Sequence[Path], run_id: str, tracking: str | None) -> None:
     workflow.initialize()
     workflow.run()
     workflow.finalize()
+
+
+_workflow = run_workflow  # the name experiments/learning_curve.py imports
+
+
+def _speed_settings(files: Sequence[Path]) -> dict[str, Any]:
+    """What the merged ``files`` train with: bf16 autocast on the CPU (evaluated here) and the RPN's top-N.
+
+    Recorded with each result, because they change the trained model (bf16 rounding) and ``cpu.json`` decides
+    bf16 by the processor.
+    """
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in files])
+    settings = {"bf16_on_cpu": bool(parser.get_parsed_content("bf16_on_cpu", default=False))}
+    for key in ("rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train"):
+        settings[key] = parser.get(f"network_def#{key}")
+    return settings
 
 
 def machine_description() -> str:
@@ -549,53 +747,87 @@ def execute_run(
     chest_detector: Path,
     tracking: str | None = None,
     reevaluate: bool = False,
+    results_dir: Path | None = None,
+    matching: str = "class_agnostic",
+    need_model: bool = False,
 ) -> dict[str, Any]:
-    """Train and evaluate ``run`` unless ``result.json`` says it is done; returns that result.
+    """Train and evaluate ``run`` unless its result says it is done; returns that result.
 
     Args:
         run: what to train.
-        profile: sizes and schedule.
+        profile: sizes, schedule and config files.
         dataset_dir: the dataset (``datalist.json`` inside).
-        output_dir: benchmark folder; the run lives in ``output_dir/runs/<run.name>``.
+        output_dir: benchmark folder; the run lives in :func:`run_directory`.
         chest_detector: chest detector weights.
         tracking: ``"mlflow"`` to log the run through the bundle's tracking, else None.
         reevaluate: evaluate a finished run again with its trained model (after a change to the evaluation).
+        results_dir: the study's folder of results: the result is copied to :func:`study_result_path`, and a
+            run whose result is kept there for this machine is not trained again (unless ``need_model``).
+        matching: the matching rule of the evaluation's headline names (``evaluate.json``'s ``lesion_metrics``
+            and key metric); Table 4's means are recorded under both rules either way.
+        need_model: the trained model is needed (a self-training student's teacher): a run kept only in
+            ``results_dir`` is trained again (training is deterministic on one machine).
+
+    Returns:
+        The result: the run, its views, epochs and iterations, step budget, config files, speed settings,
+        matching rule, seconds, machine, test metrics and the mean-F1 threshold curve.
+
+    Raises:
+        ValueError: for an unknown ``matching``.
     """
-    run_dir = output_dir / "runs" / run.name
+    check_matching(matching)
+    run_dir = run_directory(output_dir, profile, run)
     result_path = run_dir / "result.json"
     previous = json.loads(result_path.read_text()) if result_path.is_file() else None
-    if previous is not None and not reevaluate:
+    model_ready = (run_dir / "models" / "model.pt").is_file() and (run_dir / "trained").is_file()
+    if previous is not None and not reevaluate and (model_ready or not need_model):
         return previous
+    if previous is None and results_dir is not None and not need_model and not reevaluate:
+        kept = study_result_path(results_dir, machine_description(), profile, run)
+        if kept.is_file():
+            logger.info("%s: kept for this machine in %s, not trained again", run.name, kept)
+            return json.loads(kept.read_text(encoding="utf-8"))
     datalist = subset_datalist(load_datalist(dataset_dir / "datalist.json"), run)
     write_json_atomic(datalist, run_dir / "datalist.json")
     cache_dir = output_dir / "cache"
     overrides = run_overrides(run, profile, dataset_dir, run_dir, chest_detector, cache_dir, datalist)
     override_file = run_dir / "overrides.json"
     write_json_atomic(overrides, override_file)
-    files = [*_config_files(run), override_file]
+    # evaluation only: evaluate.json's ids, which the training configs do not have
+    evaluation_file = run_dir / "evaluation_overrides.json"
+    write_json_atomic(
+        {"lesion_metrics#matching": matching, "evaluator#key_val_metric#test_mean_f1#matching": matching},
+        evaluation_file,
+    )
+    files = [*config_files(run, profile), override_file]
     started = time.perf_counter()
     train_seconds = previous["train_seconds"] if previous is not None else None
     trained_on = previous.get("trained_on", "not recorded") if previous is not None else None
-    if not (run_dir / "models" / "model.pt").is_file() or not (run_dir / "trained").is_file():
+    if not model_ready:
         try:
             prepare_resume(run_dir / "models", overrides["epochs"])
         except FinishedRunError:  # killed after its last checkpoint, before it was marked trained
             logger.info("%s: training had finished before the interruption", run.name)
         else:
-            _workflow(files, "training", tracking)
+            run_workflow(files, "training", tracking)
         (run_dir / "trained").touch()
         train_seconds, trained_on = None, None
     trained = time.perf_counter()
-    _workflow([*files[:-1], CONFIG_DIR / "evaluate.json", override_file], "evaluating", tracking)
+    run_workflow([*files[:-1], CONFIG_DIR / "evaluate.json", override_file, evaluation_file], "evaluating", tracking)
     evaluation = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
     metrics = evaluation["metrics"]
     result = {
         "run": asdict(run),
         "name": run.name,
         "profile": profile.name,
+        "steps": profile.iterations,
+        "iterations": overrides["epochs"] * overrides["train#trainer#epoch_length"],
         "labeled_views": len(datalist["labeled"]),
         "unlabeled_views": len(datalist["unlabeled"]) if VARIANTS[run.variant].unlabeled else 0,
         "epochs": overrides["epochs"],
+        "config_files": [f.name for f in files[:-1]],
+        "speed_settings": _speed_settings(files),
+        "matching": matching,
         "train_seconds": round(trained - started, 1) if train_seconds is None else train_seconds,
         "evaluate_seconds": round(time.perf_counter() - trained, 1),
         "trained_on": machine_description() if trained_on is None else trained_on,
@@ -603,13 +835,33 @@ def execute_run(
         "score_threshold_curve": evaluation["detail"]["score_threshold_curve"],
     }
     write_json_atomic(result, result_path)
+    if results_dir is not None:
+        write_json_atomic(result, study_result_path(results_dir, result["trained_on"], profile, run))
     for checkpoint in (run_dir / "models").glob("latest_checkpoint_epoch=*.pt"):
         checkpoint.unlink()  # only needed to resume this run; model.pt stays (the teacher, the reproduction)
     return result
 
 
+def _metric_value(result: Mapping[str, Any], key: str) -> float:
+    """``key`` of the result's metrics; nan when absent.
+
+    A result evaluated before the matching option has Table 4 under the class-agnostic rule only, under the
+    plain names: those stand for the ``..._class_agnostic_matching`` names.
+    """
+    metrics = result["metrics"]
+    if key in metrics:
+        return float(metrics[key])
+    suffix = "_class_agnostic_matching"
+    if key.endswith(suffix) and result.get("matching", "class_agnostic") == "class_agnostic":
+        return float(metrics.get(key[: -len(suffix)], np.nan))
+    return float("nan")
+
+
 def aggregate(results: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and sample standard deviation over seeds, one row per (variant, labeled, unlabeled fraction, variation)."""
+    """Mean and sample standard deviation over seeds, one row per (variant, labeled, unlabeled fraction, variation).
+
+    Pass the results of one machine: the rows pool whatever they are given.
+    """
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for result in results:
         r = result["run"]
@@ -627,8 +879,8 @@ def aggregate(results: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "unlabeled_views": members[0]["unlabeled_views"],
             "seeds": sorted(m["run"]["seed"] for m in members),
         }
-        for key in REPORTED_METRICS:
-            values = np.array([m["metrics"].get(key, np.nan) for m in members], dtype=float)
+        for key in (*REPORTED_METRICS, *MATCHING_METRICS):
+            values = np.array([_metric_value(m, key) for m in members], dtype=float)
             row[key] = float(np.mean(values))
             row[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
         row["train_minutes"] = float(np.mean([m["train_seconds"] for m in members]) / 60)
@@ -637,17 +889,26 @@ def aggregate(results: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _cell(row: Mapping[str, Any], key: str) -> str:
+    if math.isnan(row[key]):
+        return "—"
     std = row[f"{key}_std"]
     return f"{row[key]:.3f}" if math.isnan(std) else f"{row[key]:.3f} ± {std:.3f}"
 
 
-def _table(rows: Sequence[Mapping[str, Any]], label: str, label_of: Any) -> str:
-    header = [label, "seeds", *REPORTED_METRICS.values(), "train min"]
+def _table(
+    rows: Sequence[Mapping[str, Any]],
+    label: str,
+    label_of: Any,
+    metrics: Mapping[str, str] = REPORTED_METRICS,
+    minutes: bool = True,
+) -> str:
+    header = [label, "seeds", *metrics.values(), *(["train min"] if minutes else [])]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [label_of(row), str(len(row["seeds"]))]
-        cells += [_cell(row, k) for k in REPORTED_METRICS]
-        cells.append(f"{row['train_minutes']:.1f}")
+        cells += [_cell(row, k) for k in metrics]
+        if minutes:
+            cells.append(f"{row['train_minutes']:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -811,25 +1072,162 @@ def _plot_sweep(
     save_figure(fig, path)
 
 
-def write_report(
-    results: Sequence[Mapping[str, Any]],
-    profile: Profile,
-    output_dir: Path,
-    command: str,
-    dataset_summary: Mapping[str, Any] | None = None,
-) -> str:
-    """Write ``results.json``, ``results.md`` and the plots to ``output_dir``; returns the Markdown.
+def _side(variant: str, labeled_fraction: float = 1.0) -> Side:
+    """The study's side of ``variant``: all unlabeled scans when it reads them (else the 0.0 runs record)."""
+    return Side(variant, labeled_fraction, 1.0 if VARIANTS[variant].unlabeled else 0.0)
 
-    The plots: the two sweeps, the why sweep (when it ran) and ``threshold_curves.png`` (mean F1 against the
-    confidence threshold of every full-data row).
+
+def study_comparisons(
+    results: Sequence[Mapping[str, Any]], method: str = "t", confidence: float = 0.95, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Every :data:`COMPARISONS` entry that has pairs, on every :data:`STUDY_METRICS` metric, full data.
+
+    Pairs never cross machines (:func:`~malignet_bundle.experiments.study_statistics.paired_differences`).
+
+    Args:
+        results: benchmark results of any machines, one step budget.
+        method: the interval's method (:data:`~malignet_bundle.experiments.study_statistics.INTERVAL_METHODS`).
+        confidence: the interval's level.
+        seed: the bootstrap's random seed.
+
+    Returns:
+        :meth:`~malignet_bundle.experiments.study_statistics.ComparisonResult.as_dict` of each comparison and
+        metric, with ``metric_label``, ``variant`` and ``reference`` added.
     """
-    from malignet_bundle.atomic_io import write_text_atomic
+    found = []
+    for name, variant, reference in COMPARISONS:
+        for label, names in STUDY_METRICS.items():
+            result = compare(results, name, _side(variant), _side(reference), names, method, confidence, seed)
+            if result.n:
+                found.append({**result.as_dict(), "metric_label": label, "variant": variant, "reference": reference})
+    return found
 
+
+def study_data_efficiency(
+    results: Sequence[Mapping[str, Any]], profile: Profile, confidence: float = 0.95, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Fig. 19: the labeled fraction at which each :data:`EFFICIENCY_VARIANTS` row matches Mask R-CNN at 100 %.
+
+    Args:
+        results: benchmark results of any machines, one step budget.
+        profile: its ``labeled_fractions`` are the curve's points.
+        confidence: the interval's level.
+        seed: the bootstrap's random seed.
+
+    Returns:
+        One :func:`~malignet_bundle.experiments.study_statistics.data_efficiency` per row and plotted metric
+        that has at least one complete (machine, seed) unit, with ``variant`` and ``metric_label`` added.
+    """
+    metrics = {
+        "AP50": STUDY_METRICS["AP50"],
+        "mean F1 at 0.7": STUDY_METRICS["mean F1 at 0.7, class-agnostic matching"],
+    }
+    found = []
+    for variant in EFFICIENCY_VARIANTS:
+        curve = [_side(variant, f) for f in sorted(profile.labeled_fractions)]
+        for label, names in metrics.items():
+            estimate = data_efficiency(results, curve, _side("fpn"), names, confidence, seed)
+            if estimate["units"]:
+                found.append({**estimate, "variant": variant, "metric_label": label})
+    return found
+
+
+def _interval_text(low: float, high: float) -> str:
+    return "—" if math.isnan(low) else f"[{low:+.3f}, {high:+.3f}]"
+
+
+def _fraction_text(fraction: float, bound: str = "") -> str:
+    if math.isnan(fraction):
+        return "—"
+    if math.isinf(fraction):
+        return "> 100 %"
+    return f"{'≤ ' if bound == 'at_most' else ''}{100 * fraction:.0f} %"
+
+
+def _evidence_sections(
+    comparisons: Sequence[Mapping[str, Any]],
+    efficiency: Sequence[Mapping[str, Any]],
+    labels: Mapping[str, str],
+    method: str,
+    confidence: float,
+) -> list[str]:
+    """The study's Markdown: paired comparisons and data efficiency, machines by their labels (M1, M2, …)."""
+    interval = (
+        "Student's t interval of the mean difference"
+        if method == "t"
+        else "percentile bootstrap of the mean difference (10 000 resamples, fixed seed)"
+    )
+    parts = [
+        "### Evidence: paired differences",
+        "",
+        f"Each pair is two rows trained with the same seed on the same machine; pairs of several machines are "
+        f"pooled, never a run of one machine with a run of another. Difference = row − reference; "
+        f"{100 * confidence:g} % interval: {interval}. A difference is *established* only when its interval "
+        "excludes zero. Sign count: pairs where the row is ahead / behind / level."
+        + (
+            " With few pairs the percentile bootstrap is narrower than the t interval (its resampled means "
+            "never leave the range of the observed differences): below about ten pairs, read the t interval "
+            "(--interval t, the default)."
+            if method == "bootstrap"
+            else ""
+        ),
+        "",
+    ]
+    if not comparisons:
+        parts += ["No comparison has a pair yet.", ""]
+    else:
+        parts += [
+            "| comparison | metric | pairs (machines) | row | reference | mean difference | interval | + / − / = "
+            "| verdict |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for c in comparisons:
+            machines = ", ".join(f"{labels[m]} {n}" for m, n in c["machines"].items())
+            value = np.mean([p["value"] for p in c["pairs"]])
+            reference = np.mean([p["reference"] for p in c["pairs"]])
+            parts.append(
+                f"| {VARIANTS[c['variant']].row} vs {VARIANTS[c['reference']].row} | {c['metric_label']} "
+                f"| {c['n']} ({machines}) | {value:.3f} | {reference:.3f} | {c['mean']:+.3f} "
+                f"| {_interval_text(c['low'], c['high'])} | {c['positive']} / {c['negative']} / {c['zero']} "
+                f"| {c['verdict']} |"
+            )
+        parts.append("")
+    if efficiency:
+        parts += [
+            "### Data efficiency (Fig. 19): the labels a row needs to match Mask R-CNN trained on all of them",
+            "",
+            "Linear interpolation of the row's mean over the labeled fractions to Mask R-CNN's mean at 100 %, "
+            "on (machine, seed) units holding every point; factor = 1 / fraction. Interval: percentile "
+            f"bootstrap over the units ({100 * confidence:g} %, fixed seed); ≤ the smallest fraction and > 100 % "
+            "are where the measured curve does not bracket the target.",
+            "",
+            "| row | metric | units (machines) | curve | Mask R-CNN at 100 % | fraction | factor | interval of the "
+            "fraction | resamples ≤ smallest / > 100 % |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for e in efficiency:
+            points = ", ".join(f"{100 * f:g} %: {v:.3f}" for f, v in zip(e["fractions"], e["curve"], strict=True))
+            factor = "—" if math.isnan(e["factor"]) else f"{'≥ ' if e['bound'] == 'at_most' else ''}{e['factor']:.2f}"
+            machines = ", ".join(labels[m] for m in e["machines"])
+            parts.append(
+                f"| {VARIANTS[e['variant']].row} | {e['metric_label']} | {e['units']} ({machines}) | {points} "
+                f"| {e['target']:.3f} | {_fraction_text(e['fraction'], e['bound'])} | {factor} "
+                f"| {_fraction_text(e['low'])} – {_fraction_text(e['high'])} "
+                f"| {100 * e['at_most_share']:.0f} % / {100 * e['beyond_share']:.0f} % |"
+            )
+        parts.append("")
+    return parts
+
+
+def _machine_sections(
+    results: Sequence[Mapping[str, Any]], profile: Profile, output_dir: Path, suffix: str, level: str
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """The tables and plots of one machine's runs (mean ± sd over its seeds); returns the Markdown and rows."""
     rows = aggregate(results)
-    table4 = [r for v in (*TABLE4_VARIANTS, *MEAN_TEACHER_VARIANTS) if (r := _find(rows, v, 1.0, 1.0)) is not None]
+    table4 = [r for v in VARIANTS if (r := _find(rows, v, 1.0, 1.0)) is not None]
     labeled = {
         VARIANTS[v].row: [r for f in profile.labeled_fractions if (r := _find(rows, v, f, 1.0)) is not None]
-        for v in ("fpn", "malignet", *MEAN_TEACHER_VARIANTS)
+        for v in ("fpn", *EFFICIENCY_VARIANTS)
     }
     by_unlabeled = {
         VARIANTS[v].row: [r for f in profile.unlabeled_fractions if (r := _find(rows, v, 1.0, f)) is not None]
@@ -839,14 +1237,14 @@ def write_report(
     unlabeled = [r for series in by_unlabeled.values() for r in series]
     why = _why_rows(results) if any(r["run"].get("variation") for r in results) else []
     if why:
-        _plot_why(why, output_dir / "why.png")
+        _plot_why(why, output_dir / f"why{suffix}.png")
     if any(len(v) > 1 for v in labeled.values()):
         _plot_sweep(
             labeled,
             "labeled_views",
             "labeled training views",
             "Labeled-data sweep (thesis Fig. 19)",
-            output_dir / "labeled_sweep.png",
+            output_dir / f"labeled_sweep{suffix}.png",
         )
     if any(len(series) > 1 for series in by_unlabeled.values()):
         _plot_sweep(
@@ -854,47 +1252,35 @@ def write_report(
             "unlabeled_views",
             "unlabeled training views",
             "Unlabeled-data sweep (thesis Fig. 20)",
-            output_dir / "unlabeled_sweep.png",
+            output_dir / f"unlabeled_sweep{suffix}.png",
             reference=_find(rows, "fpn", 1.0, 0.0),
         )
-    _plot_threshold_curves(results, output_dir / "threshold_curves.png")
-    seeds = sorted({r["run"]["seed"] for r in results})
-    parts = [
-        f"## Semi-supervised benchmark, `{profile.name}` profile",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"Profile: {profile.description}. Seeds: {seeds}. "
-        f"Dataset: synthetic, {json.dumps(profile.dataset)} (studies; two views each).",
-    ]
-    if dataset_summary:
-        parts.append(f"Lesions drawn: {json.dumps(dataset_summary.get('lesions_drawn', {}))}.")
-    machines = sorted({r.get("trained_on", "not recorded") for r in results})
-    parts.append(f"Trained on: {'; '.join(machines)}.")
-    if len(machines) > 1:
-        parts.append(
-            f"These runs come from {len(machines)} machines; the machine changes the trained model as much as "
-            "the seed does, so compare rows trained on the same one."
-        )
-    parts += [
-        "",
-        "Mean ± sample sd over seeds, test split, IoU 0.5, detection confidence 0.7 (Table 11); AP50, FROC and "
-        "the best-threshold mean F1 (the threshold picked on the test split itself) rank every detection ≥ 0.05.",
-        "",
-    ]
+    _plot_threshold_curves(results, output_dir / f"threshold_curves{suffix}.png")
+    parts: list[str] = []
     if table4:
-        parts += ["### Table 4 ablation", "", _table(table4, "row", lambda r: r["row"]), ""]
+        parts += [f"{level} Table 4 ablation", "", _table(table4, "row", lambda r: r["row"]), ""]
+        parts += [
+            f"{level} Table 4 under both matching rules",
+            "",
+            "Class-agnostic: a prediction takes a lesion by mask IoU whatever its class, and the class is checked "
+            "afterwards (the protocol's rule); per-class (COCO-style): only a prediction of the lesion's class "
+            "can take it, so a higher-scored wrong-class duplicate no longer costs the right one. — : evaluated "
+            "before both were recorded.",
+            "",
+            _table(table4, "row", lambda r: r["row"], MATCHING_METRICS, minutes=False),
+            "",
+        ]
     if any(labeled.values()):
         flat = [r for v in labeled.values() for r in v]
         parts += [
-            "### Labeled-data sweep (Fig. 19)",
+            f"{level} Labeled-data sweep (Fig. 19)",
             "",
             _table(flat, "row, labeled views", lambda r: f"{r['row']}, {r['labeled_views']}"),
             "",
         ]
     if unlabeled:
         parts += [
-            "### Unlabeled-data sweep (Fig. 20)",
+            f"{level} Unlabeled-data sweep (Fig. 20)",
             "",
             _table(unlabeled, "unlabeled views", lambda r: str(r["unlabeled_views"]))
             if len(by_unlabeled) == 1
@@ -910,10 +1296,105 @@ def write_report(
             for k, row in enumerate(why):
                 delta = row[f"delta_{key}"]
                 lines[k + 2] += " — |" if math.isnan(delta) else f" {delta:+.3f} |"
-        parts += ["### Why: one change at a time", "", "\n".join(lines), ""]
+        parts += [f"{level} Why: one change at a time", "", "\n".join(lines), ""]
+    return parts, rows
+
+
+def write_report(
+    results: Sequence[Mapping[str, Any]],
+    profile: Profile,
+    output_dir: Path,
+    command: str,
+    dataset_summary: Mapping[str, Any] | None = None,
+    interval_method: str = "t",
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> str:
+    """Write ``results.json``, ``results.md`` and the plots to ``output_dir``; returns the Markdown.
+
+    The tables (mean ± sd over seeds) are per machine, since a machine changes the trained model as much as
+    the seed; the evidence (paired differences with intervals, data efficiency) pools the machines' pairs
+    and names the machines. With one machine the plots are ``labeled_sweep.png``, ``unlabeled_sweep.png``,
+    ``why.png`` (when the why sweep ran) and ``threshold_curves.png``; with several, each name gets ``_m<k>``
+    for machine M<k>.
+
+    Args:
+        results: benchmark results (any machines, one step budget).
+        profile: the profile they were trained with.
+        output_dir: where the report goes.
+        command: the command line, quoted in the report.
+        dataset_summary: the dataset's ``dataset.json`` (lesions drawn), when at hand.
+        interval_method: ``"t"`` or ``"bootstrap"``
+            (:func:`~malignet_bundle.experiments.study_statistics.mean_interval`).
+        confidence: the intervals' level.
+        seed: the bootstraps' random seed.
+
+    Raises:
+        ValueError: for an unknown interval method.
+    """
+    from malignet_bundle.atomic_io import write_text_atomic
+
+    if interval_method not in INTERVAL_METHODS:
+        raise ValueError(f"interval method must be one of {list(INTERVAL_METHODS)}, got {interval_method!r}")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    machines = sorted({machine_of(r) for r in results})
+    labels = {m: f"M{k}" for k, m in enumerate(machines, 1)}
+    seeds = sorted({r["run"]["seed"] for r in results})
+    budgets = sorted({r["steps"] for r in results if "steps" in r})
+    configs = sorted({", ".join(r["config_files"]) for r in results if "config_files" in r})
+    parts = [
+        f"## Semi-supervised benchmark, `{profile.name}` profile",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Profile: {profile.description}. Step budget: {profile.iterations} labeled-batch iterations per training "
+        f"(self-training: {profile.self_training_iterations} more from its teacher)"
+        + (f"; the results record {budgets}" if budgets and budgets != [profile.iterations] else "")
+        + f". Seeds: {seeds}. Dataset: synthetic, {json.dumps(profile.dataset)} (studies; two views each).",
+    ]
+    if configs:
+        parts.append(f"Bundle configs: {'; '.join(configs)} (then each run's overrides.json).")
+    if dataset_summary:
+        parts.append(f"Lesions drawn: {json.dumps(dataset_summary.get('lesions_drawn', {}))}.")
+    parts.append(f"Trained on: {'; '.join(machines)}.")
+    if len(machines) > 1:
+        parts.append(
+            f"These runs come from {len(machines)} machines, reported one by one below: the machine changes the "
+            "trained model as much as the seed does, so rows are compared in pairs of one machine only."
+        )
+    parts += [
+        "",
+        "Mean ± sample sd over seeds, test split, IoU 0.5, detection confidence 0.7 (Table 11); AP50, FROC and "
+        "the best-threshold mean F1 (the threshold picked on the test split itself) rank every detection ≥ 0.05.",
+        "",
+    ]
+    rows_by_machine = {}
+    for machine in machines:
+        subset = [r for r in results if machine_of(r) == machine]
+        several = len(machines) > 1
+        if several:
+            count = f"{len(subset)} run{'s' if len(subset) != 1 else ''}"
+            parts += [f"### Machine {labels[machine]}: {machine} ({count})", ""]
+        suffix = f"_m{labels[machine][1:]}" if several else ""
+        sections, rows_by_machine[machine] = _machine_sections(
+            subset, profile, output_dir, suffix, "####" if several else "###"
+        )
+        parts += sections
+    comparisons = study_comparisons(results, interval_method, confidence, seed)
+    efficiency = study_data_efficiency(results, profile, confidence, seed)
+    parts += _evidence_sections(comparisons, efficiency, labels, interval_method, confidence)
     markdown = "\n".join(parts)
     write_json_atomic(
-        {"profile": asdict(profile), "command": command, "rows": rows, "runs": list(results)},
+        {
+            "profile": asdict(profile),
+            "command": command,
+            "machines": labels,
+            "rows": [{**row, "trained_on": m} for m, rows in rows_by_machine.items() for row in rows],
+            "comparisons": comparisons,
+            "data_efficiency": efficiency,
+            "interval_method": interval_method,
+            "runs": list(results),
+        },
         output_dir / "results.json",
     )
     write_text_atomic(markdown, output_dir / "results.md")
