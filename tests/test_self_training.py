@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -45,6 +47,27 @@ def test_lesion_and_image_level_filtering(teacher):
     assert [len(s["labels"]) for s in empties] == [0, 0, 0]
     assert all(s["masks"].shape == (0, 96, 96) and s["boxes"].shape == (0, 4) for s in empties)
     assert net.training  # handed back ready to train
+
+
+def test_pseudo_label_counts_are_written_for_the_benchmark(teacher, tmp_path):
+    net, path = teacher
+    crops = _crops(3)
+    net.eval()
+    with torch.no_grad():
+        scores = [d["scores"] for d in net([c["image"] for c in crops])]
+    above_all = float(torch.cat(scores).max()) + 1e-3
+    summary_file = tmp_path / "pseudo_labels.json"
+    assert pseudo_label(net, path, crops, threshold=above_all, level="lesion", summary_file=summary_file) == []
+    summary = json.loads(summary_file.read_text())
+    assert (summary["seen"], summary["kept"], summary["lesions"], summary["empty"]) == (3, 0, 0, 3)
+    assert summary["empty_kept"] is False and summary["dropped_lesions"] == 0
+    pseudo_label(net, path, crops, threshold=above_all, level="lesion", keep_empty=True, summary_file=summary_file)
+    summary = json.loads(summary_file.read_text())
+    assert (summary["kept"], summary["empty"], summary["empty_kept"]) == (3, 3, True)
+    everything = pseudo_label(net, path, crops, threshold=0.0, level="lesion", summary_file=summary_file)
+    summary = json.loads(summary_file.read_text())
+    assert summary["lesions"] == sum(len(s["labels"]) for s in everything) == sum(len(s) for s in scores)
+    assert summary["kept"] == sum(len(s) > 0 for s in scores) and summary["threshold"] == 0.0
 
 
 def test_teacher_weights_are_loaded_and_bad_inputs_named(teacher, tmp_path):

@@ -660,6 +660,9 @@ def run_overrides(
         overrides["pretrained_checkpoint"] = str(run_dir.parent / teacher.name / "models" / "model.pt")
     parser = ConfigParser()
     parser.read_config([str(f) for f in config_files(run, profile)])
+    if variant.self_training and "pseudo_summary_file" in parser:
+        # what the teacher gave its student (images kept, lesions, empty scans), read into result.json
+        overrides["pseudo_summary_file"] = str(run_dir / "pseudo_labels.json")
     for key, value in overrides.items():
         parser[key] = value
     for key in ("train#dataset", "train#unlabeled_dataset", "validate#dataset", "train#pseudo_source"):
@@ -834,6 +837,11 @@ def execute_run(
         "metrics": metrics,
         "score_threshold_curve": evaluation["detail"]["score_threshold_curve"],
     }
+    pseudo_labels = run_dir / "pseudo_labels.json"
+    if VARIANTS[run.variant].self_training and pseudo_labels.is_file():
+        result["pseudo_labels"] = json.loads(pseudo_labels.read_text())
+    elif previous is not None and "pseudo_labels" in previous:
+        result["pseudo_labels"] = previous["pseudo_labels"]
     write_json_atomic(result, result_path)
     if results_dir is not None:
         write_json_atomic(result, study_result_path(results_dir, result["trained_on"], profile, run))

@@ -27,6 +27,7 @@ from monai.data import DataLoader
 from monai.data.utils import no_collation
 from torch.utils.data import Dataset
 
+from malignet_bundle.atomic_io import write_json_atomic
 from malignet_bundle.transforms.geometry import masks_to_boxes
 
 __all__ = ["pseudo_label"]
@@ -45,6 +46,7 @@ def pseudo_label(
     batch_size: int = 4,
     mask_threshold: float = 0.5,
     keep_empty: bool = False,
+    summary_file: str | os.PathLike | None = None,
 ) -> list[dict]:
     """Load the teacher's weights into ``network`` and return pseudo-labeled samples of ``dataset``.
 
@@ -58,9 +60,16 @@ def pseudo_label(
         batch_size: images per forward.
         mask_threshold: probability above which a mask pixel belongs to the lesion.
         keep_empty: keep images without any detection at or above ``threshold`` as all-background targets.
+        summary_file: where to write the counts as JSON (``seen``, ``kept``, ``lesions``, ``dropped_lesions``,
+            ``empty``, ``empty_kept``, ``threshold``, ``level``), atomically; None writes none. A benchmark
+            reads how much the teacher gave its student there instead of in the log.
 
     Returns:
         Samples with ``image``, ``masks`` (N, H, W uint8), ``labels``, ``boxes`` on the CPU.
+
+    Raises:
+        ValueError: for an unknown ``level``.
+        FileNotFoundError: when ``checkpoint`` does not exist.
     """
     if level not in ("lesion", "image"):
         raise ValueError(f"level must be 'lesion' or 'image', got {level!r}")
@@ -83,9 +92,10 @@ def pseudo_label(
             if level == "image" and bool(low.any()):
                 continue
             keep = ~low
-            if not keep.any() and not keep_empty:
+            if not keep.any():
                 empty += 1
-                continue
+                if not keep_empty:
+                    continue
             dropped_lesions += int(low.sum())
             masks = (det["masks"][keep.to(det["masks"].device), 0] > mask_threshold).to(torch.uint8).cpu()
             samples.append(
@@ -109,5 +119,17 @@ def pseudo_label(
         empty,
         "kept" if keep_empty else "dropped",
     )
+    if summary_file is not None:
+        summary = {
+            "seen": seen,
+            "kept": len(samples),
+            "lesions": lesions,
+            "dropped_lesions": dropped_lesions,
+            "empty": empty,
+            "empty_kept": keep_empty,
+            "threshold": float(threshold),
+            "level": level,
+        }
+        write_json_atomic(summary, summary_file)
     module.train()
     return samples
