@@ -8,11 +8,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from monai.bundle import ConfigParser
 
 from malignet_bundle.experiments.ssl_benchmark import (
+    CONFIG_DIR,
     PROFILES,
     VARIATIONS,
     RunSpec,
+    _matching_overrides,
     aggregate,
     machine_slug,
     plan_runs,
@@ -130,6 +133,16 @@ def test_why_report_pairs_each_change_with_its_seed(tmp_path):
     assert changed_b.endswith(" — | — |")  # no unchanged run of seed 2 on machine B: no paired difference
 
 
+def test_evaluation_sets_the_matching_rule_of_every_lesion_metric():
+    files = [CONFIG_DIR / "train.json", CONFIG_DIR / "baseline.json", CONFIG_DIR / "evaluate.json"]
+    found = _matching_overrides(files, "per_class")
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in files])
+    assert set(found.values()) == {"per_class"} and all(k.endswith("#matching") for k in found)
+    targets = sorted(parser[k.removesuffix("#matching")]["_target_"].rsplit(".", 1)[-1] for k in found)
+    assert targets == ["LesionF1", "LesionMetrics"]  # the key metric and the full evaluation
+
+
 def test_supervised_rows_ignore_the_unlabeled_fraction():
     assert RunSpec("fpn", 0, 1.0, 0.25) == RunSpec("fpn", 0, 1.0, 1.0)
     assert RunSpec("fpn", 0).name == "fpn-l1-s0"
@@ -209,7 +222,8 @@ def test_smoke_profile_end_to_end_and_resumes(tmp_path):
     assert torch.backends.cpu.get_cpu_capability() in machine and f"Trained on: {machine}." in markdown
     # the study's record: budget, configs, speed settings, both matching rules, and a copy kept per machine
     fpn = runs["fpn-l1-s0"]
-    assert fpn["steps"] == 2 and fpn["iterations"] == 2 and fpn["matching"] == "class_agnostic"
+    # a budget of 2 steps, rounded up to one whole epoch of 8 labeled views in batches of 2
+    assert fpn["steps"] == 2 and fpn["iterations"] == 4 and fpn["matching"] == "class_agnostic"
     assert fpn["config_files"] == ["train.json", "baseline.json"] and fpn["speed_settings"]["bf16_on_cpu"] is False
     assert fpn["metrics"]["test_mean_f1"] == fpn["metrics"]["test_mean_f1_class_agnostic_matching"]
     assert "test_mean_f1_per_class_matching" in fpn["metrics"]
@@ -238,13 +252,17 @@ def test_smoke_profile_end_to_end_and_resumes(tmp_path):
 
     before = json.loads((fpn_dir / "result.json").read_text())
     only = ("--seeds", "0", "--sweeps", "table4", "--variants", "fpn")
-    third = run_script("benchmark_ssl", *args, *only, "--reevaluate")
+    third = run_script("benchmark_ssl", *args, *only, "--reevaluate", "--matching", "per_class")
     assert third.returncode == 0, third.stderr[-3000:]
     after = json.loads((fpn_dir / "result.json").read_text())
     assert (fpn_dir / "result.json").stat().st_mtime_ns != stamp  # evaluated again ...
     assert after["train_seconds"] == before["train_seconds"]  # ... with the trained model, not retrained
     assert after["trained_on"] == before["trained_on"]
     assert "loss:" not in third.stdout + third.stderr
+    # evaluated under the per-class rule: its headline names follow it, both rules stay recorded
+    assert after["matching"] == "per_class"
+    assert after["metrics"]["test_mean_f1"] == after["metrics"]["test_mean_f1_per_class_matching"]
+    assert after["metrics"]["test_mean_f1_class_agnostic_matching"] == before["metrics"]["test_mean_f1"]
 
     # a fresh clone holds only the kept results: the run is not trained again, and the report is rebuilt
     shutil.rmtree(out / "runs")

@@ -11,7 +11,7 @@ next call; one that was interrupted resumes from its latest checkpoint (the bund
 Deterministic preprocessing (DICOM read, chest detection, crop) is cached once per profile with MONAI's
 ``PersistentDataset``, so the runs differ only in what they are meant to differ in.
 
-The evidence study (issue 17) is this benchmark at the learning curves' plateau budget (``cpu``: 1600 steps,
+The evidence study is this benchmark at the learning curves' plateau budget (``cpu``: 1600 steps,
 with ``configs/cpu.json``'s speed settings). Run folders are kept per step budget
 (``<output_dir>/runs/steps<N>/<run>``), and every finished run's ``result.json`` is also copied to
 ``<results_dir>/<machine slug>/<profile>/steps<N>/<run>.json`` (:func:`study_result_path`), small JSON meant
@@ -699,6 +699,35 @@ def run_workflow(files: Sequence[Path], run_id: str, tracking: str | None) -> No
 _workflow = run_workflow  # the name experiments/learning_curve.py imports
 
 
+# the lesion metrics whose matching rule the benchmark's evaluation sets (metrics/lesion.py, metrics/evaluation.py)
+_MATCHING_METRICS_TARGETS = ("LesionF1", "LesionMetrics")
+
+
+def _matching_overrides(files: Sequence[Path], matching: str) -> dict[str, str]:
+    """``{"<id>#matching": matching}`` for every lesion metric of the merged ``files``, wherever it is defined.
+
+    Found by its ``_target_`` rather than by a fixed id, so a reshaped ``evaluate.json`` keeps its rule.
+    """
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in files])
+    found: dict[str, str] = {}
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            if str(node.get("_target_", "")).rsplit(".", 1)[-1] in _MATCHING_METRICS_TARGETS:
+                found[f"{path}#matching"] = matching
+            for key, value in node.items():
+                walk(value, f"{path}#{key}" if path else str(key))
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{path}#{index}")
+
+    walk(parser.get(), "")
+    return found
+
+
 def _speed_settings(files: Sequence[Path]) -> dict[str, Any]:
     """What the merged ``files`` train with: bf16 autocast on the CPU (evaluated here) and the RPN's top-N.
 
@@ -796,13 +825,11 @@ def execute_run(
     overrides = run_overrides(run, profile, dataset_dir, run_dir, chest_detector, cache_dir, datalist)
     override_file = run_dir / "overrides.json"
     write_json_atomic(overrides, override_file)
+    files = [*config_files(run, profile), override_file]
+    evaluation_files = [*files[:-1], CONFIG_DIR / "evaluate.json", override_file]
     # evaluation only: evaluate.json's ids, which the training configs do not have
     evaluation_file = run_dir / "evaluation_overrides.json"
-    write_json_atomic(
-        {"lesion_metrics#matching": matching, "evaluator#key_val_metric#test_mean_f1#matching": matching},
-        evaluation_file,
-    )
-    files = [*config_files(run, profile), override_file]
+    write_json_atomic(_matching_overrides(evaluation_files, matching), evaluation_file)
     started = time.perf_counter()
     train_seconds = previous["train_seconds"] if previous is not None else None
     trained_on = previous.get("trained_on", "not recorded") if previous is not None else None
@@ -816,7 +843,7 @@ def execute_run(
         (run_dir / "trained").touch()
         train_seconds, trained_on = None, None
     trained = time.perf_counter()
-    run_workflow([*files[:-1], CONFIG_DIR / "evaluate.json", override_file, evaluation_file], "evaluating", tracking)
+    run_workflow([*evaluation_files, evaluation_file], "evaluating", tracking)
     evaluation = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
     metrics = evaluation["metrics"]
     result = {
