@@ -110,6 +110,7 @@ class ComparisonResult:
         mean: mean difference (nan without pairs).
         low: lower end of the interval (nan with fewer than two pairs).
         high: upper end of the interval.
+        machines: pairs per machine (``trained_on``).
     """
 
     name: str
