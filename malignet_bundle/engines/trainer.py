@@ -137,7 +137,10 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             default: whether it trains the same model is measured, not assumed. The command line's
             ``"true"``/``"false"`` strings are accepted.
         kwargs: everything ``SupervisedTrainer`` takes; ``loss_function`` receives the method's loss dict
-            (use :class:`WeightedLossSum`), ``prepare_batch`` defaults to :func:`prepare_detection_batch`.
+            (use :class:`WeightedLossSum`), ``prepare_batch`` defaults to :func:`prepare_detection_batch`,
+            ``inferer`` to :class:`DetectionInferer`. The inferer is held for MONAI's bundle interface (the
+            ``train#inferer`` property that ``ConfigWorkflow`` requires of a training); a step's forward is
+            the method's joint forward, which passes targets and unlabeled images no ``Inferer`` call takes.
     """
 
     def __init__(
@@ -151,6 +154,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("prepare_batch", prepare_detection_batch)
+        kwargs.setdefault("inferer", DetectionInferer())
         kwargs.setdefault("decollate", False)
         super().__init__(*args, **kwargs)
         self.method = Ladder() if method is None else method
