@@ -7,7 +7,7 @@ import json
 import os
 import time
 
-from malignet_bundle.data.synthesize import write_dataset
+from malignet_bundle.data.synthesize import GENERATOR_VERSION, GENERATOR_VERSIONS, write_dataset
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,6 +24,14 @@ def main(argv: list[str] | None = None) -> None:
         default="multiframe",
         help="one 2-frame NM file per study, or one single-frame file per view",
     )
+    parser.add_argument(
+        "--generator_version",
+        type=int,
+        choices=GENERATOR_VERSIONS,
+        default=GENERATOR_VERSION,
+        help="1: the first generator (reproducible); 2: with the gamma-camera model (blur by depth, scatter,"
+        f" room background) and real-scan hot-spot levels (default {GENERATOR_VERSION})",
+    )
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -38,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         layout=args.layout,
         workers=args.workers,
         progress=not args.quiet,
+        version=args.generator_version,
     )
     elapsed = time.perf_counter() - start
     n = sum(summary["studies"].values())

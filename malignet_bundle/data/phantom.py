@@ -13,7 +13,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Canvas", "Patient", "Site", "Skeleton", "sample_patient", "build_skeleton"]
+__all__ = [
+    "Canvas",
+    "HotSpotLevels",
+    "HOT_SPOTS_V1",
+    "HOT_SPOTS_V2",
+    "Patient",
+    "Site",
+    "Skeleton",
+    "sample_patient",
+    "build_skeleton",
+]
 
 # Effective linear attenuation of 140 keV photons in soft tissue, lowered from the narrow-beam 0.15/cm
 # to account for scatter build-up in a wide-energy-window planar acquisition.
@@ -23,16 +33,44 @@ MU_PER_CM = 0.08
 class Canvas:
     """Two accumulators (anterior and posterior, both in the anterior frame) of expected tracer counts.
 
+    With ``layer_mm`` set, every view also keeps its uptake split by depth below the skin facing its
+    detector, in layers of that thickness (``anterior_layers[k]`` holds sources ``k * layer_mm`` below the
+    anterior skin, to the nearest layer), so that a camera model can blur each depth with its own resolution
+    (:class:`malignet_bundle.data.camera.GammaCamera`). ``anterior``/``posterior`` stay the sums of the layers.
+
     Args:
         shape: (rows, cols) of the whole-body matrix.
         mu_per_cm: effective attenuation coefficient used for depth weighting.
+        layer_mm: thickness of the depth layers; ``None`` keeps no layers (generator version 1).
     """
 
-    def __init__(self, shape: tuple[int, int], mu_per_cm: float = MU_PER_CM) -> None:
+    def __init__(self, shape: tuple[int, int], mu_per_cm: float = MU_PER_CM, layer_mm: float | None = None) -> None:
         self.shape = shape
         self.mu = mu_per_cm
+        self.layer_mm = layer_mm
         self.anterior = np.zeros(shape, dtype=np.float32)
         self.posterior = np.zeros(shape, dtype=np.float32)
+        self.anterior_layers: dict[int, np.ndarray] = {}
+        self.posterior_layers: dict[int, np.ndarray] = {}
+
+    def layer_index(self, depth: float, thickness_cm: float) -> tuple[int, int]:
+        """Return the (anterior, posterior) depth-layer indices of a source at ``depth`` (0 front, 1 back).
+
+        Raises:
+            ValueError: when the canvas keeps no layers.
+        """
+        if self.layer_mm is None:
+            raise ValueError("this canvas keeps no depth layers (layer_mm is None)")
+        depth_mm = depth * thickness_cm * 10.0
+        return (
+            int(round(depth_mm / self.layer_mm)),
+            int(round((thickness_cm * 10.0 - depth_mm) / self.layer_mm)),
+        )
+
+    def _layer(self, layers: dict[int, np.ndarray], index: int) -> np.ndarray:
+        if index not in layers:
+            layers[index] = np.zeros(self.shape, dtype=np.float32)
+        return layers[index]
 
     def attenuation(self, depth: float, thickness_cm: float) -> tuple[float, float]:
         """Return the (anterior, posterior) transmission for a source at ``depth`` (0 front, 1 back)."""
@@ -53,6 +91,10 @@ class Canvas:
         a_ant, a_post = self.attenuation(depth, thickness_cm)
         self.anterior[window] += values * a_ant
         self.posterior[window] += values * a_post
+        if self.layer_mm is not None:
+            k_ant, k_post = self.layer_index(depth, thickness_cm)
+            self._layer(self.anterior_layers, k_ant)[window] += values * a_ant
+            self._layer(self.posterior_layers, k_post)[window] += values * a_post
 
     def capsule(
         self,
@@ -152,6 +194,8 @@ class Patient:
     bladder_uptake: float
     total_counts: float  # counts in the anterior view
     scoliosis: float  # lateral spine deviation amplitude, mm
+    # forearm angle from the vertical, radians, right and left; None: 1.3 × the arm's abduction (version 1)
+    forearm_angle: tuple[float, float] | None = None
 
     @property
     def is_child(self) -> bool:
@@ -159,8 +203,84 @@ class Patient:
         return self.age < 17
 
 
-def sample_patient(rng: np.random.Generator, patient_id: str) -> Patient:
-    """Draw the body of one patient: adults mostly elderly (a bone-scan population), a few children."""
+@dataclass(frozen=True)
+class HotSpotLevels:
+    """Activity of the hot spots that are not bone, relative to bone uptake (bone ≈ 1 per unit of chord).
+
+    Uptake is per unit of path length through the structure, so a structure's projected peak also grows with
+    its size (a full bladder outshines a small lesion of the same uptake). Each range is drawn per patient.
+
+    Args:
+        bladder: (median, log-sd) of the lognormal bladder uptake.
+        kidney: (median, log-sd) of the lognormal kidney uptake.
+        injection_probability: chance that the injection arm shows its injection site (residual or
+            extravasated tracer at the elbow or the back of the hand).
+        injection_ratio: (low, high) uptake of a visible injection site.
+        urine_contamination: (low, high) uptake of a urine spot on skin or clothing (absolute, bone ≈ 1).
+        lesion_contrast_scale: factor on every lesion's drawn contrast (:mod:`malignet_bundle.data.lesions`).
+    """
+
+    bladder: tuple[float, float]
+    kidney: tuple[float, float]
+    injection_probability: float
+    injection_ratio: tuple[float, float]
+    urine_contamination: tuple[float, float]
+    lesion_contrast_scale: float = 1.0
+
+
+# Version 1: the levels the first generator drew (kept so that version 1 stays reproducible). Its hot spots
+# are up to ten times brighter, relative to bone, than on real scans.
+HOT_SPOTS_V1 = HotSpotLevels(
+    bladder=(5.0, 0.6), kidney=(0.7, 0.5), injection_probability=0.65, injection_ratio=(6.0, 40.0),
+    urine_contamination=(5.0, 30.0),
+)
+
+# Version 2, set against real GE whole-body scans three hours after 500–800 MBq of Tc-99m MDP, where the
+# brightest pixel (bladder or a hot lesion) is 245–278 counts for a body median of 26 and a 95th percentile
+# (bright bone) of ≈70, i.e. ≈3.5–4× the brightest bone.
+# - Bladder: patients void just before imaging, so the bladder holds a few hundred ml of urine and its
+#   projected peak is typically 2–6× the pelvic bone (EANM bone-scintigraphy guideline, Van den Wyngaert et
+#   al. 2016: "void immediately before imaging"); the lognormal's spread covers a nearly empty to a full
+#   bladder.
+# - Kidneys: faint on a normal 3 h scan, at or below the lumbar spine (the guideline's normal pattern).
+# - Injection site: visible on a minority of scans, a small spot a few times bone uptake (residual activity
+#   in the vein or a small extravasation); large extravasations are rare.
+# - Urine contamination: a few times bone uptake, small.
+# - Lesions: metastasis-to-normal-bone ratios of 1.5–5 on planar scans (bone-scan-index work, Erdi et al.
+#   1997; Sadik et al. 2008): the drawn contrasts of lesions.py are kept; the camera's blur lowers the
+#   contrast a reader sees for small lesions, as it does on a real scan.
+HOT_SPOTS_V2 = HotSpotLevels(
+    bladder=(1.6, 0.5),
+    kidney=(0.7, 0.4),
+    injection_probability=0.3,
+    injection_ratio=(2.0, 10.0),
+    urine_contamination=(1.5, 8.0),
+    lesion_contrast_scale=0.5,
+)
+
+
+def sample_patient(
+    rng: np.random.Generator, patient_id: str, version: int = 1, hot_spots: HotSpotLevels | None = None
+) -> Patient:
+    """Draw the body of one patient: adults mostly elderly (a bone-scan population), a few children.
+
+    Args:
+        rng: the study's random stream.
+        patient_id: the patient's id.
+        version: generator version; 1 draws exactly what the first generator drew, 2 draws adult body
+            widths and arm positions measured against real scans and the count level of a real scan.
+        hot_spots: bladder and kidney levels (version 2 only; default :data:`HOT_SPOTS_V2`).
+
+    Returns:
+        The patient.
+
+    Raises:
+        ValueError: for an unknown version.
+    """
+    if version == 2:
+        return _sample_patient_v2(rng, patient_id, hot_spots or HOT_SPOTS_V2)
+    if version != 1:
+        raise ValueError(f"unknown generator version {version}; known: 1, 2")
     child = rng.random() < 0.08
     if child:
         age = int(rng.integers(5, 17))
@@ -188,6 +308,48 @@ def sample_patient(rng: np.random.Generator, patient_id: str) -> Patient:
         bladder_uptake=float(rng.lognormal(np.log(5.0), 0.6)),
         total_counts=float(rng.uniform(1.5e6, 4.5e6)),
         scoliosis=float(abs(rng.normal(0, 4))),
+    )
+
+
+def _sample_patient_v2(rng: np.random.Generator, patient_id: str, hot_spots: HotSpotLevels) -> Patient:
+    """Version 2's patient: adult anthropometry, arms at the sides, a real scan's count level.
+
+    Heights: adult stature 1640 ± 85 mm (+80 mm for men), as version 1. Body width at the pelvis on a real
+    GE whole-body view, arms at the sides, is 201–210 pixels of 2.26 mm (454–475 mm: hips plus both
+    forearms); the arms are therefore drawn hanging by the body (abduction 0.01–0.09 rad, forearms turned a
+    little in or out) instead of version 1's 0.06–0.3 rad, which put hands outside a 578 mm field.
+    Count level: 3.6 million counts on a real anterior view; whole-body scans of a clinic span roughly
+    2.5–5 million (scan speed set for that), drawn lognormal around 3.5 million.
+    """
+    child = rng.random() < 0.06
+    if child:
+        age = int(rng.integers(5, 17))
+        height = 1000.0 + (age - 5) * 55.0 + rng.normal(0, 60)
+    else:
+        age = int(np.clip(rng.normal(62, 13), 20, 92))
+        height = rng.normal(1640, 85)
+    sex = "F" if rng.random() < 0.5 else "M"
+    if sex == "M" and not child:
+        height += 80
+    abduction = (float(rng.uniform(0.01, 0.09)), float(rng.uniform(0.01, 0.09)))
+    return Patient(
+        patient_id=patient_id,
+        age=age,
+        sex=sex,
+        height_mm=float(np.clip(height, 950, 1950)),
+        build=float(np.clip(rng.normal(1.05, 0.13), 0.85, 1.4)),
+        shoulder_scale=float(rng.normal(1.0, 0.04)),
+        arm_abduction=abduction,
+        tilt=float(rng.normal(0, 0.01)),
+        top_mm=float(rng.uniform(15, 110)),
+        x_shift_mm=float(rng.normal(0, 8)),
+        bone_uptake=float(rng.uniform(0.8, 1.25)),
+        soft_tissue=float(rng.uniform(0.05, 0.16)),
+        kidney_uptake=float(rng.lognormal(np.log(hot_spots.kidney[0]), hot_spots.kidney[1])),
+        bladder_uptake=float(rng.lognormal(np.log(hot_spots.bladder[0]), hot_spots.bladder[1])),
+        total_counts=float(np.clip(rng.lognormal(np.log(3.5e6), 0.15), 2.3e6, 5.2e6)),
+        scoliosis=float(abs(rng.normal(0, 4))),
+        forearm_angle=(float(rng.uniform(-0.08, 0.04)), float(rng.uniform(-0.08, 0.04))),
     )
 
 
@@ -224,12 +386,26 @@ class Skeleton:
 
 
 def build_skeleton(
-    canvas: Canvas, patient: Patient, spacing_mm: float, rng: np.random.Generator
+    canvas: Canvas,
+    patient: Patient,
+    spacing_mm: float,
+    rng: np.random.Generator,
+    hot_spots: HotSpotLevels = HOT_SPOTS_V1,
 ) -> Skeleton:
     """Draw soft tissue, organs and skeleton of ``patient`` onto ``canvas`` and return its lesion sites.
 
     Proportions follow standard anthropometry as fractions of standing height; children get a larger
     head and open growth plates.
+
+    Args:
+        canvas: where to draw.
+        patient: the body.
+        spacing_mm: pixel size.
+        rng: the study's random stream.
+        hot_spots: injection-site levels (bladder and kidneys come with ``patient``).
+
+    Returns:
+        The lesion sites, chest box and injection arm.
     """
     rows, cols = canvas.shape
     h = patient.height_mm / spacing_mm  # body height in pixels
@@ -353,14 +529,15 @@ def build_skeleton(
 
     # Arms: humeral head, humerus, forearm, hand; the injection arm is picked here.
     sk.injection_arm = "RL"[int(rng.random() < 0.4)]
-    for s, abduction in ((-1, patient.arm_abduction[0]), (1, patient.arm_abduction[1])):
+    for arm, (s, abduction) in enumerate(((-1, patient.arm_abduction[0]), (1, patient.arm_abduction[1]))):
         side = "RL"[s > 0]
         head = pt(s * shoulder_x, 0.195)
         canvas.ellipse(head, (14 * mm, 13 * mm), bone * 1.1, 0.5, 14)
         sk.sites.append(Site(f"shoulder_{side}", "joint", side, head, 0.5, 14))
+        forearm = abduction * 1.3 if patient.forearm_angle is None else patient.forearm_angle[arm]
         elbow_f = (s * (shoulder_x + 0.186 * np.sin(abduction)), 0.195 + 0.186 * np.cos(abduction))
-        wrist_f = (elbow_f[0] + s * 0.146 * np.sin(abduction * 1.3), elbow_f[1] + 0.146 * np.cos(abduction * 1.3))
-        hand_f = (wrist_f[0] + s * 0.07 * np.sin(abduction * 1.3), wrist_f[1] + 0.07 * np.cos(abduction * 1.3))
+        wrist_f = (elbow_f[0] + s * 0.146 * np.sin(forearm), elbow_f[1] + 0.146 * np.cos(forearm))
+        hand_f = (wrist_f[0] + s * 0.07 * np.sin(forearm), wrist_f[1] + 0.07 * np.cos(forearm))
         canvas.ellipse(pt(*elbow_f), (0.018 * h, 0.034 * h), soft, 0.5, 9)  # soft tissue of arm
         canvas.capsule(head, pt(*elbow_f), 0.028 * h * build, soft, 0.5, 9)
         canvas.capsule(pt(*elbow_f), pt(*wrist_f), 0.022 * h * build, soft, 0.5, 7)
@@ -378,10 +555,10 @@ def build_skeleton(
                            2.5 * mm, bone * 3.0, 0.5, 9)
             canvas.capsule(pt(wrist_f[0] - 0.008, wrist_f[1] - 0.006), pt(wrist_f[0] + 0.008, wrist_f[1] - 0.006),
                            2.5 * mm, bone * 3.0, 0.5, 6)
-        if side == sk.injection_arm and rng.random() < 0.65:
+        if side == sk.injection_arm and rng.random() < hot_spots.injection_probability:
             where = elbow_f if rng.random() < 0.6 else hand_f
             canvas.ellipse(pt(where[0] + rng.normal(0, 0.004), where[1] + rng.normal(0, 0.006)),
-                           (rng.uniform(4, 9) * mm,) * 2, bone * rng.uniform(6, 40), 0.2, 8)
+                           (rng.uniform(4, 9) * mm,) * 2, bone * rng.uniform(*hot_spots.injection_ratio), 0.2, 8)
 
     # Legs: femoral head, neck and trochanter, femur, knee, patella, tibia and fibula, feet.
     for s in (-1, 1):
