@@ -395,6 +395,7 @@ def thresholded_metrics(
     malignant_label: int = 1,
     per_class_records: Sequence[ImageRecord] | None = None,
     matching: str = "class_agnostic",
+    iou_threshold: float = 0.5,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """The :data:`THRESHOLDED_FAMILIES` (Tables 4–7, pixel scores) at the records' own ``score_threshold``.
 
@@ -402,23 +403,26 @@ def thresholded_metrics(
         records: per-image records with class-agnostic pairs (their ``score_threshold`` is the operating point).
         num_classes: lesion classes 1..C.
         malignant_label: the class of metastases (Table 7).
-        per_class_records: the same records with per-class pairs (:func:`rematch_records`); when given, Table
-            4's means are also returned under both rules (``mean_*_<rule>_matching``). Needed for
-            ``matching="per_class"``.
-        matching: the rule of Tables 4 and 7 (see the module docstring).
+        per_class_records: the same records with per-class pairs (:func:`rematch_records`), when already at
+            hand (the pairs do not depend on the operating point); default: matched here at ``iou_threshold``.
+        matching: the rule of Tables 4 and 7 (see the module docstring); Table 4's means are returned under
+            both rules either way (``mean_*_<rule>_matching``).
+        iou_threshold: the records' IoU threshold, for the per-class pairs when they are not given.
 
     Returns:
         The scalars (names as in :func:`evaluate_records`, without prefix) and the detail of each family.
 
     Raises:
-        ValueError: for an unknown rule, or per-class matching without ``per_class_records``.
+        ValueError: for an unknown rule.
     """
-    if check_matching(matching) == "per_class" and per_class_records is None:
-        raise ValueError("per-class matching needs per_class_records (rematch_records)")
+    check_matching(matching)
+    if per_class_records is None:
+        per_class_records = rematch_records(records, "per_class", iou_threshold)
     operating = [r.at_operating_point() for r in records]
-    by_rule = {"class_agnostic": operating}
-    if per_class_records is not None:
-        by_rule["per_class"] = [r.at_operating_point() for r in _with_pairs(records, per_class_records)]
+    by_rule = {
+        "class_agnostic": operating,
+        "per_class": [r.at_operating_point() for r in _with_pairs(records, per_class_records)],
+    }
     class_aware = by_rule[matching]
     segmentation = lesion_segmentation_metrics(class_aware, num_classes)
     localization = localization_metrics(operating)
