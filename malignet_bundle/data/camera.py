@@ -15,7 +15,9 @@ parallel-hole collimator turns that into counts in four steps, modelled here in 
    and the collimator; the anterior detector follows the body contour loosely, the posterior one sits under
    the table, so the two gaps differ and so do the two views: the spine is sharper on the posterior view,
    the sternum on the anterior one. Depths are grouped in layers (``layer_mm``) and each layer is blurred
-   with the Gaussian of its distance.
+   with the Gaussian of its distance. A further blur drawn per study (``extra_fwhm_mm``) is added in
+   quadrature at every depth: the real reference view is far smoother than a LEHR collimator alone makes it
+   (its power spectrum falls to 1 % at 0.0115 cycles/mm, the LEHR model's at ≈0.017).
 2. **Scatter.** Compton-scattered photons that still fall in the energy window (15–20 % around 140 keV)
    are about 30 % of the counts of a Tc-99m planar image of the trunk (scatter fraction 0.25–0.35; Cherry et
    al. ch. 14; Buvat et al., Phys. Med. Biol. 1995). Their spatial response is far broader than the
@@ -64,10 +66,12 @@ class GammaCamera:
         scatter_weights: weights of those Gaussians (normalised to 1).
         background_per_pixel: (low, high) range of the room/electronic background, counts per pixel per view;
             each study draws one value.
-        extra_fwhm_mm: a further Gaussian blur added in quadrature to the system resolution at every depth, for
-            what the LEHR model leaves out: a general-purpose collimator, a larger gap, or smoothing applied
-            to the stored image (0: none). The one real reference picture at hand is as smooth as about
-            30–40 mm of extra blur; the real scans' count statistics are met without it.
+        extra_fwhm_mm: (low, high) range of a further Gaussian blur added in quadrature to the system
+            resolution at every depth; each study draws one value. It stands for what the LEHR model leaves
+            out and real whole-body images show: general-purpose collimators, detectors kept clear of head
+            and feet, continuous-motion acquisition and the smoothing sites apply to the stored image. The
+            default (25–45 mm) is set so that the power spectrum of the views falls off as that of a real
+            GE anterior view does (:mod:`malignet_bundle.data.realism`); (0, 0) is the physics-only camera.
     """
 
     intrinsic_fwhm_mm: float = 3.8
@@ -80,8 +84,8 @@ class GammaCamera:
     scatter_fraction: float = 0.3
     scatter_fwhm_mm: tuple[float, ...] = (30.0, 90.0)
     scatter_weights: tuple[float, ...] = (0.7, 0.3)
-    background_per_pixel: tuple[float, float] = (0.01, 0.03)
-    extra_fwhm_mm: float = 0.0
+    background_per_pixel: tuple[float, float] = (0.005, 0.02)
+    extra_fwhm_mm: tuple[float, float] = (25.0, 45.0)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.scatter_fraction < 1.0:
@@ -90,14 +94,15 @@ class GammaCamera:
             raise ValueError("scatter_fwhm_mm and scatter_weights need the same length and weights >= 0")
         if self.layer_mm <= 0 or self.hole_length_mm <= 0:
             raise ValueError("layer_mm and hole_length_mm must be positive")
-        if self.extra_fwhm_mm < 0:
-            raise ValueError(f"extra_fwhm_mm must be >= 0, got {self.extra_fwhm_mm}")
+        if min(self.extra_fwhm_mm) < 0 or self.extra_fwhm_mm[0] > self.extra_fwhm_mm[1]:
+            raise ValueError(f"extra_fwhm_mm must be a range (low, high) of values >= 0, got {self.extra_fwhm_mm}")
 
-    def system_fwhm_mm(self, distance_mm: float | np.ndarray) -> float | np.ndarray:
+    def system_fwhm_mm(self, distance_mm: float | np.ndarray, extra_fwhm_mm: float = 0.0) -> float | np.ndarray:
         """System resolution (FWHM, mm) of a point source at ``distance_mm`` from the collimator face.
 
         Args:
             distance_mm: distance between the source and the collimator face.
+            extra_fwhm_mm: the study's extra blur (drawn by :meth:`draw_geometry`).
 
         Returns:
             ``sqrt(intrinsic**2 + geometric**2 + extra**2)``, with the collimator's geometric resolution
@@ -108,55 +113,60 @@ class GammaCamera:
             * (self.hole_length_mm + self.image_plane_mm + np.asarray(distance_mm, dtype=float))
             / self.hole_length_mm
         )
-        fwhm = np.sqrt(self.intrinsic_fwhm_mm**2 + geometric**2 + self.extra_fwhm_mm**2)
+        fwhm = np.sqrt(self.intrinsic_fwhm_mm**2 + geometric**2 + extra_fwhm_mm**2)
         return float(fwhm) if np.ndim(fwhm) == 0 else fwhm
 
-    def psf_sigma_px(self, distance_mm: float, spacing_mm: float) -> float:
+    def psf_sigma_px(self, distance_mm: float, spacing_mm: float, extra_fwhm_mm: float = 0.0) -> float:
         """Standard deviation in pixels of the Gaussian point-spread function at ``distance_mm``.
 
         Args:
             distance_mm: distance between the source and the collimator face.
             spacing_mm: pixel size.
+            extra_fwhm_mm: the study's extra blur.
 
         Returns:
             The PSF's sigma in pixels.
         """
-        return float(self.system_fwhm_mm(distance_mm)) / FWHM_PER_SIGMA / spacing_mm
+        return float(self.system_fwhm_mm(distance_mm, extra_fwhm_mm)) / FWHM_PER_SIGMA / spacing_mm
 
     def layer_distance_mm(self, layer: int, gap_mm: float) -> float:
         """Distance from the collimator of depth layer ``layer`` (its centre) behind a skin gap of ``gap_mm``."""
         return layer * self.layer_mm + gap_mm
 
     def draw_geometry(self, rng: np.random.Generator) -> dict[str, float]:
-        """Draw the per-study acquisition geometry: skin gaps of both views and the background rate.
+        """Draw the per-study acquisition: skin gaps of both views, background rate, extra blur.
 
         Args:
             rng: the study's random stream.
 
         Returns:
-            ``{"anterior_gap_mm", "posterior_gap_mm", "background_per_pixel"}``.
+            ``{"anterior_gap_mm", "posterior_gap_mm", "background_per_pixel", "extra_fwhm_mm"}``.
         """
         return {
             "anterior_gap_mm": float(rng.uniform(*self.anterior_gap_mm)),
             "posterior_gap_mm": float(rng.uniform(*self.posterior_gap_mm)),
             "background_per_pixel": float(rng.uniform(*self.background_per_pixel)),
+            "extra_fwhm_mm": float(rng.uniform(*self.extra_fwhm_mm)),
         }
 
-    def blur(self, image: np.ndarray, distance_mm: float, spacing_mm: float) -> np.ndarray:
+    def blur(self, image: np.ndarray, distance_mm: float, spacing_mm: float, extra_fwhm_mm: float = 0.0) -> np.ndarray:
         """Blur ``image`` with the PSF of a source plane at ``distance_mm``; counts leaving the field are lost.
 
         Args:
             image: uptake of one source plane (rows, cols).
             distance_mm: distance between that plane and the collimator face.
             spacing_mm: pixel size.
+            extra_fwhm_mm: the study's extra blur.
 
         Returns:
             The blurred image (float32).
         """
-        sigma = self.psf_sigma_px(distance_mm, spacing_mm)
+        sigma = self.psf_sigma_px(distance_mm, spacing_mm, extra_fwhm_mm)
         return ndimage.gaussian_filter(image.astype(np.float32, copy=False), sigma, mode="constant", truncate=4.0)
 
-    def project(self, layers: dict[int, np.ndarray], gap_mm: float, spacing_mm: float) -> np.ndarray:
+    def project(
+        self, layers: dict[int, np.ndarray], gap_mm: float, spacing_mm: float, extra_fwhm_mm: float = 0.0
+    ) -> np.ndarray:
         """Primary (unscattered) image of a view: every depth layer blurred at its distance, summed.
 
         Args:
@@ -164,6 +174,7 @@ class GammaCamera:
                 → attenuated uptake of the sources in that layer.
             gap_mm: air gap between the skin and this detector.
             spacing_mm: pixel size.
+            extra_fwhm_mm: the study's extra blur.
 
         Returns:
             The primary image (float32).
@@ -175,7 +186,7 @@ class GammaCamera:
             raise ValueError("no depth layers to project: the phantom drew nothing")
         total = None
         for layer, image in sorted(layers.items()):
-            blurred = self.blur(image, self.layer_distance_mm(layer, gap_mm), spacing_mm)
+            blurred = self.blur(image, self.layer_distance_mm(layer, gap_mm), spacing_mm, extra_fwhm_mm)
             total = blurred if total is None else total + blurred
         return total
 

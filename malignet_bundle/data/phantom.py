@@ -250,7 +250,7 @@ HOT_SPOTS_V1 = HotSpotLevels(
 #   1997; Sadik et al. 2008): the drawn contrasts of lesions.py are kept; the camera's blur lowers the
 #   contrast a reader sees for small lesions, as it does on a real scan.
 HOT_SPOTS_V2 = HotSpotLevels(
-    bladder=(1.6, 0.5),
+    bladder=(2.0, 0.5),
     kidney=(0.7, 0.4),
     injection_probability=0.3,
     injection_ratio=(2.0, 10.0),
@@ -319,7 +319,7 @@ def _sample_patient_v2(rng: np.random.Generator, patient_id: str, hot_spots: Hot
     forearms); the arms are therefore drawn hanging by the body (abduction 0.01–0.09 rad, forearms turned a
     little in or out) instead of version 1's 0.06–0.3 rad, which put hands outside a 578 mm field.
     Count level: 3.6 million counts on a real anterior view; whole-body scans of a clinic span roughly
-    2.5–5 million (scan speed set for that), drawn lognormal around 3.5 million.
+    2.5–5 million (scan speed set for that), drawn lognormal around 3.6 million.
     """
     child = rng.random() < 0.06
     if child:
@@ -344,10 +344,10 @@ def _sample_patient_v2(rng: np.random.Generator, patient_id: str, hot_spots: Hot
         top_mm=float(rng.uniform(15, 110)),
         x_shift_mm=float(rng.normal(0, 8)),
         bone_uptake=float(rng.uniform(0.8, 1.25)),
-        soft_tissue=float(rng.uniform(0.05, 0.16)),
+        soft_tissue=float(rng.uniform(0.02, 0.08)),
         kidney_uptake=float(rng.lognormal(np.log(hot_spots.kidney[0]), hot_spots.kidney[1])),
         bladder_uptake=float(rng.lognormal(np.log(hot_spots.bladder[0]), hot_spots.bladder[1])),
-        total_counts=float(np.clip(rng.lognormal(np.log(3.5e6), 0.15), 2.3e6, 5.2e6)),
+        total_counts=float(np.clip(rng.lognormal(np.log(3.6e6), 0.15), 2.3e6, 5.2e6)),
         scoliosis=float(abs(rng.normal(0, 4))),
         forearm_angle=(float(rng.uniform(-0.08, 0.04)), float(rng.uniform(-0.08, 0.04))),
     )

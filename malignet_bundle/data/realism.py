@@ -91,7 +91,7 @@ REAL_REFERENCE: dict[str, tuple[float, float]] = {
     "outside_zero_share": (0.89, 0.89),
     "max_counts": (245.0, 278.0),
     "pelvis_width_px": (201.0, 210.0),
-    "spectrum_falloff": (0.0121, 0.0121),
+    "spectrum_falloff": (0.0115, 0.0115),
 }
 
 
@@ -206,7 +206,8 @@ def spectrum_falloff(
         low_bins: how many of the lowest non-zero rings make the low-frequency level.
 
     Returns:
-        The frequency in cycles/mm, or the highest frequency when it never falls that far.
+        The frequency in cycles/mm, interpolated (log power against frequency) between the last ring above
+        the level and the first below it; the highest frequency when the spectrum never falls that far.
 
     Raises:
         ValueError: when the spectrum has too few rings or no power at low frequencies.
@@ -216,8 +217,15 @@ def spectrum_falloff(
     level = float(np.mean(power[1 : low_bins + 1]))
     if level <= 0:
         raise ValueError("no power at low frequencies: a constant view")
-    below = np.nonzero(power[low_bins + 1 :] < fraction * level)[0]
-    return float(frequencies[low_bins + 1 + below[0]]) if below.size else float(frequencies[-1])
+    target = fraction * level
+    below = np.nonzero(power[low_bins + 1 :] < target)[0]
+    if not below.size:
+        return float(frequencies[-1])
+    k = low_bins + 1 + int(below[0])
+    above, under = float(power[k - 1]), max(float(power[k]), 1e-300)
+    # the ring before k is at or above the level; interpolate where the log power crosses it
+    t = (np.log(above) - np.log(target)) / max(np.log(above) - np.log(under), 1e-12)
+    return float(frequencies[k - 1] + np.clip(t, 0.0, 1.0) * (frequencies[k] - frequencies[k - 1]))
 
 
 def view_statistics(image: np.ndarray, spacing_mm: float) -> dict[str, float]:

@@ -250,11 +250,12 @@ def _synthesize_v2(
     acquisition = camera.draw_geometry(rng)
     gaps = {"anterior": acquisition["anterior_gap_mm"], "posterior": acquisition["posterior_gap_mm"]}
     layers = {"anterior": canvas.anterior_layers, "posterior": canvas.posterior_layers}
-    primary = {v: camera.project(layers[v], gaps[v], spacing_mm) for v in VIEWS}
+    extra = acquisition["extra_fwhm_mm"]
+    primary = {v: camera.project(layers[v], gaps[v], spacing_mm, extra) for v in VIEWS}
     background = {v: a.copy() for v, a in primary.items()}
     unblurred = {"anterior": canvas.anterior, "posterior": canvas.posterior}
     # room for the widest blur a lesion can get (the far side of a thick body) around its patch
-    pad = int(np.ceil(4 * camera.psf_sigma_px(600.0, spacing_mm)))
+    pad = int(np.ceil(4 * camera.psf_sigma_px(600.0, spacing_mm, extra)))
     masks: dict[str, list[np.ndarray]] = {v: [] for v in VIEWS}
     names: dict[str, list[str]] = {v: [] for v in VIEWS}
     for spec in lesions:
@@ -272,7 +273,7 @@ def _synthesize_v2(
                     "posterior": (1.0 - site.depth) * site.thickness_cm * 10.0}
         for view, attenuation in (("anterior", a_ant), ("posterior", a_post)):
             # each view sees the lesion through its own distance: sharper on the side it is nearer to
-            lesion = camera.blur(field_ * amplitude, depth_mm[view] + gaps[view], spacing_mm)[crop]
+            lesion = camera.blur(field_ * amplitude, depth_mm[view] + gaps[view], spacing_mm, extra)[crop]
             if lesion.max() <= 0:
                 continue
             primary[view][rs, cs] += lesion * attenuation
