@@ -246,9 +246,13 @@ HOT_SPOTS_V1 = HotSpotLevels(
 # - Injection site: visible on a minority of scans, a small spot a few times bone uptake (residual activity
 #   in the vein or a small extravasation); large extravasations are rare.
 # - Urine contamination: a few times bone uptake, small.
-# - Lesions: metastasis-to-normal-bone ratios of 1.5–5 on planar scans (bone-scan-index work, Erdi et al.
-#   1997; Sadik et al. 2008): the drawn contrasts of lesions.py are kept; the camera's blur lowers the
-#   contrast a reader sees for small lesions, as it does on a real scan.
+# - Lesions: a lesion's mean counts over the bone around it of 1.3–3.5 on the view (the range readers meet
+#   on planar scans; quantitative bone-scan work such as Erdi et al. 1997 and Sadik et al. 2008 reports
+#   hot-spot to normal-bone ratios of that order): version 1's drawn contrasts (lesions.py) at half
+#   strength, since a lesion is drawn above the bone's line peak and the camera blurs the bone more than
+#   the lesion; measured this way the median annotated lesion stays ≈2.2× its surroundings, as in version 1.
+# - Soft tissue (Patient.soft_tissue, drawn in version 2 at 0.02–0.08 of bone per unit path) sets the
+#   95th percentile over the median inside the body, 2.6–2.8 on the real scans.
 HOT_SPOTS_V2 = HotSpotLevels(
     bladder=(2.0, 0.5),
     kidney=(0.7, 0.4),

@@ -11,8 +11,9 @@ study's COCO file under ``info`` and in its DICOM ``SoftwareVersions``):
 - 1: one Gaussian system blur (8–12 mm FWHM) for every depth, no scatter, no room background, hot spots
   (bladder, injection sites, urine) up to ten times brighter than bone. Kept reproducible bit for bit.
 - 2: a gamma-camera model (:mod:`malignet_bundle.data.camera`): collimator blur growing with each
-  structure's distance from each detector, scatter, room background; hot-spot levels and body widths
-  set against real GE whole-body scans (:data:`malignet_bundle.data.phantom.HOT_SPOTS_V2`).
+  structure's distance from each detector plus a per-study extra blur, scatter, room background; hot-spot
+  levels, soft tissue, count level and body widths set against real GE whole-body scans
+  (:data:`malignet_bundle.data.phantom.HOT_SPOTS_V2`); measured by :mod:`malignet_bundle.data.realism`.
 """
 
 from __future__ import annotations
