@@ -301,3 +301,27 @@ def test_double_unet_json_trains_through_the_bundle_runner(tiny, class_map):
     model = torch.load(tiny / "double_unet" / "model.pt", weights_only=True)
     classes = class_map.num_classes + 1
     SemanticSegmenter(DoubleUNet(out_channels=classes, features=(8, 16, 32)), classes).load_state_dict(model)
+
+
+def test_segmentation_evaluate_json_writes_both_protocols(tiny, class_map):
+    """evaluate.json + segmentation_evaluate.json on a semantic model: lesion tables and the pixel protocol."""
+    (tiny / "evaluate_unet").mkdir()
+    torch.manual_seed(0)
+    torch.save(_unet(class_map).state_dict(), tiny / "evaluate_unet" / "model.pt")
+    out = tiny / "evaluate_unet_out"
+    configs = ("train.json", "segmentation.json", "evaluate.json", "segmentation_evaluate.json")
+    extra = (*TINY_UNET, "--output_dir", str(out))
+    result = _run(tiny, "evaluate_unet", *configs, extra=extra, run_id="evaluating")
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    report = out / "evaluation"
+    lesions = json.loads((report / "metrics.json").read_text())
+    assert lesions["detail"]["images"] == 2 and "test_mean_f1" in lesions["metrics"]
+    pixels = json.loads((report / "pixel_metrics.json").read_text())
+    assert pixels["detail"]["images"] == 2
+    names = {f"test_pixel_{g}_{s}" for g in ("lesion", "malignant") for s in ("dice", "precision", "sensitivity")}
+    assert names <= set(pixels["metrics"])
+    confusion = np.asarray(pixels["detail"]["confusion"])
+    assert confusion.shape == (class_map.num_classes + 1,) * 2 and confusion.sum() == 2 * 96 * 96
+    assert set(pixels["detail"]["per_class"]) == set(class_map.names)
+    assert "malignant vs the rest" in (report / "pixel_metrics.md").read_text()
