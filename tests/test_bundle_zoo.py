@@ -2,7 +2,9 @@
 
 The zoo's CI (``ci/verify_bundle.py`` of Project-MONAI/model-zoo) runs MONAI's ``verify_metadata``,
 instantiates ``network_def`` from ``inference.json``, exports it with ``ckpt_export`` from ``models/model.pt``
-and checks ``ConfigWorkflow`` properties; these tests run the same MONAI functions on tiny networks.
+and checks ``ConfigWorkflow`` properties; these tests run the same MONAI functions on tiny networks, for
+inference and for every training and evaluation config (``train.json`` alone and with each override file,
+``train.json`` + ``evaluate.json`` as the zoo's ``train`` workflow and as an ``eval`` workflow).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata
 
+from malignet_bundle.engines.evaluation import EvaluationReportHandler
+from malignet_bundle.engines.trainer import DetectionEvaluator, DetectionInferer, SemiSupervisedTrainer
+from malignet_bundle.networks.chest_detector import ChestDetector
 from malignet_bundle.networks.export import ONNX_OUTPUTS, MaligNetPredictor, export_onnx, inference_network
 from malignet_bundle.networks.malignet import MaligNet
 
@@ -116,16 +121,113 @@ def test_inference_properties_of_configworkflow(synthetic_dataset, tmp_path):
         ckpt_dir=str(tmp_path),
         input=str(study),
         score_threshold=0.5,
+        load_pretrain=False,  # no model.pt here: the properties are checked, nothing is run
         **{f"network_def#{k}": v for k, v in TINY.items()},
     )
     workflow.initialize()
-    # Every property but the evaluator: inference.json becomes an evaluator workflow in issue 18, item 1.
-    # (MONAI's check raises KeyError for a missing required ID, so the evaluator is checked apart.)
-    assert "evaluator" not in workflow.parser
-    workflow.properties = {name: p for name, p in workflow.properties.items() if name != "evaluator"}
     assert workflow.check_properties() == []
-    assert len(workflow.dataset) == 1 and workflow.dataset[0].items[0]["image"] == str(study)
+    assert isinstance(workflow.evaluator, DetectionEvaluator)
+    assert len(workflow.dataset) == 1 and workflow.dataset.data[0]["items"][0]["image"] == str(study)
     assert workflow.version == json.loads((CONFIGS / "metadata.json").read_text())["version"]
+
+
+def test_train_json_network_def_takes_its_classes_from_the_metadata_id_in_any_working_directory(tmp_path, monkeypatch):
+    """``network_def`` of the training and evaluation configs: the class count is ``@_meta_``'s ``channel_def``."""
+    monkeypatch.chdir(tmp_path)  # bundle_root stays ".": no configs/metadata.json here to read
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")])
+    parser.read_meta(str(CONFIGS / "metadata.json"))  # as ConfigWorkflow and `monai.bundle run` do
+    for key, value in TINY.items():
+        parser[f"network_def#{key}"] = value
+    net = parser.get_parsed_content("network_def")
+    assert isinstance(net, MaligNet)
+    assert net.roi_heads.box_predictor.cls_score.out_features == 5  # background + the 4 classes of metadata.json
+    parser["_meta_#network_data_format#outputs#pred#channel_def"] = {"0": "background", "1": "malignant", "2": "x"}
+    assert parser.get_parsed_content("network_def").roi_heads.box_predictor.cls_score.out_features == 3
+    assert parser.get_parsed_content("class_map").names == ["malignant", "x"]
+
+    # a bare ConfigParser without metadata (scripts, tests) reads metadata.json under bundle_root, not here
+    bare = ConfigParser()
+    bare.read_config(str(CONFIGS / "train.json"))
+    bare["bundle_root"] = str(ROOT)
+    assert bare.get_parsed_content("class_map").num_classes == 4
+
+
+@pytest.fixture(scope="module")
+def workflow_inputs(synthetic_dataset, tmp_path_factory) -> dict[str, str]:
+    """Paths every training and evaluation workflow needs: data, a chest detector, a self-training teacher."""
+    root = tmp_path_factory.mktemp("zoo_workflows")
+    torch.manual_seed(0)
+    # untrained weights: the unlabeled views get the detector's whole-view fallback, enough to build datasets
+    torch.save(ChestDetector().state_dict(), root / "chest_detector.pt")
+    torch.save(MaligNet(num_classes=5, **TINY).state_dict(), root / "teacher.pt")
+    return {
+        "bundle_root": str(ROOT),
+        "dataset_dir": str(synthetic_dataset),
+        "chest_detector_path": str(root / "chest_detector.pt"),
+        "pretrained_checkpoint": str(root / "teacher.pt"),
+        "output_dir": str(root / "runs"),
+    }
+
+
+# (workflow type, configs merged in order): train.json alone and with each override file, and the evaluation
+# as the zoo checks it (a `train` workflow over train.json + evaluate.json) and as an `eval` workflow
+WORKFLOWS = [
+    ("train", ["train.json"]),
+    ("train", ["train.json", "baseline.json"]),
+    ("train", ["train.json", "self_training.json"]),
+    ("train", ["train.json", "mean_teacher.json"]),
+    ("train", ["train.json", "baseline.json", "mean_teacher.json"]),
+    ("train", ["train.json", "cpu.json"]),
+    ("train", ["train.json", "evaluate.json"]),
+    ("eval", ["train.json", "evaluate.json"]),
+    ("eval", ["train.json", "cpu.json", "evaluate.json"]),
+]
+
+
+@pytest.mark.parametrize("workflow_type, configs", WORKFLOWS, ids=["+".join(c) + f"-{t}" for t, c in WORKFLOWS])
+def test_training_and_evaluation_configs_have_every_property(workflow_inputs, tmp_path, workflow_type, configs):
+    """``ConfigWorkflow.check_properties()``: no required property missing, no optional one under a wrong ID."""
+    workflow = ConfigWorkflow(
+        config_file=[str(CONFIGS / name) for name in configs],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=False,
+        workflow_type=workflow_type,
+        ckpt_dir=str(tmp_path),
+        epochs=1,
+        image_size=64,
+        cache_rate=0.0,  # build the datasets, load nothing
+        device="$torch.device('cpu')",
+        pseudo_keep_empty=True,  # the self-training teacher is untrained: keep its empty scans
+        **workflow_inputs,
+        **{f"network_def#{k}": v for k, v in TINY.items()},
+    )
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    evaluation = "evaluate.json" in configs
+    test_views = 2  # the synthetic dataset's one test study, two views
+    if workflow_type == "train":
+        assert isinstance(workflow.trainer, SemiSupervisedTrainer) and workflow.max_epochs == 1
+        assert isinstance(workflow.train_inferer, DetectionInferer)
+        assert workflow.trainer.inferer is workflow.train_inferer
+        assert workflow.trainer.network.roi_heads.box_predictor.cls_score.out_features == 5
+        # the validator the training's ValidationHandler runs; with evaluate.json, the evaluation's evaluator
+        assert isinstance(workflow.evaluator, DetectionEvaluator)
+        validated = workflow.evaluator.data_loader.dataset
+        assert len(validated) == (test_views if evaluation else 2)  # the validation split: one study too
+        if evaluation:
+            assert workflow.evaluator is workflow.parser.get_parsed_content("evaluator")
+    else:
+        assert isinstance(workflow.evaluator, DetectionEvaluator) and isinstance(workflow.inferer, DetectionInferer)
+        assert workflow.evaluator.data_loader.dataset is workflow.dataset and len(workflow.dataset) == test_views
+        assert all(item["image"].endswith(".dcm") for item in workflow.dataset_data)
+        assert list(workflow.key_metric) == ["test_mean_f1"] and workflow.evaluator.inferer is workflow.inferer
+        assert any(isinstance(handler, EvaluationReportHandler) for handler in workflow.handlers)
+
+    if configs == ["train.json"]:  # the check is not vacuous: without train#inferer it names the property
+        del workflow.parser["train"]["inferer"]
+        with pytest.raises(KeyError, match="train_inferer"):
+            workflow.check_properties()
 
 
 @pytest.mark.parametrize(
