@@ -325,3 +325,23 @@ def test_segmentation_evaluate_json_writes_both_protocols(tiny, class_map):
     assert confusion.shape == (class_map.num_classes + 1,) * 2 and confusion.sum() == 2 * 96 * 96
     assert set(pixels["detail"]["per_class"]) == set(class_map.names)
     assert "malignant vs the rest" in (report / "pixel_metrics.md").read_text()
+
+
+def test_segmentation_evaluate_json_scores_a_detector_on_the_same_pixel_scale(tiny, class_map):
+    """The pixel protocol after evaluate.json on MaligNet: its lesions painted at its operating threshold."""
+    from malignet_bundle.networks.malignet import MaligNet
+
+    (tiny / "evaluate_malignet").mkdir()
+    torch.manual_seed(0)
+    network = {"backbone": "resnet18", "pyramid_channels": 16, "representation_size": 32, "global_channels": 16}
+    torch.save(MaligNet(image_size=96, **network).state_dict(), tiny / "evaluate_malignet" / "model.pt")
+    out = tiny / "evaluate_malignet_out"
+    extra = ("--output_dir", str(out), "--score_threshold", "0.0")
+    extra += tuple(a for k, v in network.items() for a in (f"--network_def#{k}", str(v)))
+    configs = ("train.json", "evaluate.json", "segmentation_evaluate.json")
+    result = _run(tiny, "evaluate_malignet", *configs, extra=extra, run_id="evaluating")
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    pixels = json.loads((out / "evaluation" / "pixel_metrics.json").read_text())
+    assert pixels["detail"]["images"] == 2 and "test_pixel_malignant_dice" in pixels["metrics"]
+    assert np.asarray(pixels["detail"]["confusion"]).sum() == 2 * 96 * 96
