@@ -150,7 +150,8 @@ def test_evaluate_json_writes_the_report_and_logs_to_mlflow(tiny):
     torch.save(MaligNet(image_size=96).state_dict(), tiny / "evaluate" / "model.pt")
     out = tiny / "evaluate_out"
     extra = ("--tracking", "mlflow", "--output_dir", str(out), "--network_def#box_score_thresh", "0.0")
-    result = _train(tiny, "evaluate", "train.json", "evaluate.json", extra=extra, run_id="evaluating")
+    # the zoo's command: `run` without a run id runs the id "run" (the Makefile's `run evaluating` is the same)
+    result = _train(tiny, "evaluate", "train.json", "evaluate.json", extra=extra, run_id="run")
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
     assert "Restored all variables from" in log and "model.pt" in log
