@@ -21,8 +21,15 @@ __all__ = ["LesionSpec", "LESION_CLASSES", "sample_lesions", "lesion_patch"]
 
 LESION_CLASSES = ("malignant", "infection_inflammation", "degenerative_change", "post_trauma")
 
-_MET_REGIONS = {"spine": 0.3, "rib": 0.3, "pelvis": 0.14, "long_bone": 0.1, "scapula": 0.06, "skull": 0.05,
-                "sternum": 0.05}
+_MET_REGIONS = {
+    "spine": 0.3,
+    "rib": 0.3,
+    "pelvis": 0.14,
+    "long_bone": 0.1,
+    "scapula": 0.06,
+    "skull": 0.05,
+    "sternum": 0.05,
+}
 _DEGENERATIVE_JOINTS = ("shoulder", "ac_joint", "sc_joint", "knee", "hip", "facet_L", "facet_C", "wrist")
 _INFECTION_JOINTS = ("sc_joint", "shoulder", "knee", "ankle", "wrist", "elbow", "si_joint", "spine_T", "spine_L")
 
@@ -42,8 +49,15 @@ class LesionSpec:
 def _lobes(rng: np.random.Generator, n: int, size_mm: float, spread: float) -> list:
     lobes = [(0.0, 0.0, size_mm * rng.uniform(0.8, 1.25), size_mm * rng.uniform(0.8, 1.25), 1.0)]
     for _ in range(n - 1):
-        lobes.append((rng.normal(0, spread * size_mm), rng.normal(0, spread * size_mm),
-                      size_mm * rng.uniform(0.5, 0.9), size_mm * rng.uniform(0.5, 0.9), rng.uniform(0.4, 0.9)))
+        lobes.append(
+            (
+                rng.normal(0, spread * size_mm),
+                rng.normal(0, spread * size_mm),
+                size_mm * rng.uniform(0.5, 0.9),
+                size_mm * rng.uniform(0.5, 0.9),
+                rng.uniform(0.4, 0.9),
+            )
+        )
     return lobes
 
 
@@ -64,8 +78,15 @@ def sample_lesions(rng: np.random.Generator, patient: Patient, skeleton: Skeleto
             candidates = skeleton.where(region=str(region))
             site = candidates[int(rng.integers(len(candidates)))]
             size = rng.uniform(3.0, 8.5)
-            lesions.append(LesionSpec("malignant", site, _jitter(rng, 5), _lobes(rng, int(rng.integers(1, 5)), size,
-                                                                                  0.9), rng.uniform(1.4, 5.0)))
+            lesions.append(
+                LesionSpec(
+                    "malignant",
+                    site,
+                    _jitter(rng, 5),
+                    _lobes(rng, int(rng.integers(1, 5)), size, 0.9),
+                    rng.uniform(1.4, 5.0),
+                )
+            )
 
     degenerative_p = 0.0 if not adult else float(np.clip((patient.age - 35) / 60.0, 0.05, 0.7))
     if rng.random() < degenerative_p:
@@ -79,9 +100,15 @@ def sample_lesions(rng: np.random.Generator, patient: Patient, skeleton: Skeleto
             size, contrast = rng.uniform(3.0, 6.5), rng.uniform(1.2, 3.5)
             for site in candidates:
                 if site.side in sides:
-                    lesions.append(LesionSpec("degenerative_change", site, _jitter(rng, 2),
-                                              _lobes(rng, int(rng.integers(1, 3)), size * rng.uniform(0.85, 1.15),
-                                                     0.6), contrast * rng.uniform(0.85, 1.15)))
+                    lesions.append(
+                        LesionSpec(
+                            "degenerative_change",
+                            site,
+                            _jitter(rng, 2),
+                            _lobes(rng, int(rng.integers(1, 3)), size * rng.uniform(0.85, 1.15), 0.6),
+                            contrast * rng.uniform(0.85, 1.15),
+                        )
+                    )
 
     if adult and rng.random() < 0.14:  # fractures: consecutive ribs, one side, along a line
         side = str(rng.choice(["R", "L"]))
@@ -91,16 +118,30 @@ def sample_lesions(rng: np.random.Generator, patient: Patient, skeleton: Skeleto
         offset = _jitter(rng, 4)
         for k in range(first, first + count):
             for site in skeleton.where(region="rib", side=side, prefix=f"rib{k}_{part}"):
-                lesions.append(LesionSpec("post_trauma", site, (offset[0], offset[1] + rng.normal(0, 1.5)),
-                                          _lobes(rng, 1, rng.uniform(2.5, 5.0), 0.3), rng.uniform(1.8, 4.5)))
+                lesions.append(
+                    LesionSpec(
+                        "post_trauma",
+                        site,
+                        (offset[0], offset[1] + rng.normal(0, 1.5)),
+                        _lobes(rng, 1, rng.uniform(2.5, 5.0), 0.3),
+                        rng.uniform(1.8, 4.5),
+                    )
+                )
 
     if rng.random() < 0.15:  # a single infected or inflamed joint
         joint = str(rng.choice(_INFECTION_JOINTS))
         candidates = [s for s in skeleton.sites if s.name.startswith(joint)]
         site = candidates[int(rng.integers(len(candidates)))]
-        lesions.append(LesionSpec("infection_inflammation", site, _jitter(rng, 3),
-                                  _lobes(rng, int(rng.integers(1, 4)), rng.uniform(5.0, 10.0), 0.5),
-                                  rng.uniform(1.5, 4.0), halo=rng.uniform(0.15, 0.4)))
+        lesions.append(
+            LesionSpec(
+                "infection_inflammation",
+                site,
+                _jitter(rng, 3),
+                _lobes(rng, int(rng.integers(1, 4)), rng.uniform(5.0, 10.0), 0.5),
+                rng.uniform(1.5, 4.0),
+                halo=rng.uniform(0.15, 0.4),
+            )
+        )
     return lesions
 
 

@@ -118,8 +118,9 @@ class Canvas:
     ) -> None:
         """Project a tube along ``points`` (K×2, row/col) without double-counting at the joints."""
         pad = radius + 1.5
-        win = self._window(points[:, 0].min() - pad, points[:, 0].max() + pad,
-                           points[:, 1].min() - pad, points[:, 1].max() + pad)
+        win = self._window(
+            points[:, 0].min() - pad, points[:, 0].max() + pad, points[:, 1].min() - pad, points[:, 1].max() + pad
+        )
         if win is None:
             return
         rr, cc = np.mgrid[win[0], win[1]].astype(np.float32)
@@ -231,7 +232,10 @@ class HotSpotLevels:
 # Version 1: the levels the first generator drew (kept so that version 1 stays reproducible). Its hot spots
 # are up to ten times brighter, relative to bone, than on real scans.
 HOT_SPOTS_V1 = HotSpotLevels(
-    bladder=(5.0, 0.6), kidney=(0.7, 0.5), injection_probability=0.65, injection_ratio=(6.0, 40.0),
+    bladder=(5.0, 0.6),
+    kidney=(0.7, 0.5),
+    injection_probability=0.65,
+    injection_ratio=(6.0, 40.0),
     urine_contamination=(5.0, 30.0),
 )
 
@@ -443,18 +447,35 @@ def build_skeleton(
 
     # Organs: kidneys (posterior), bladder (anterior, hottest), free-pertechnetate stomach/thyroid now and then.
     for s in (-1, 1):
-        canvas.ellipse(pt(s * 0.042, 0.395), (0.032 * h, 0.016 * h), bone * patient.kidney_uptake * 0.07,
-                       0.78, 22 * build, angle=-s * 0.25)
-    canvas.ellipse(pt(rng.normal(0, 0.004), 0.505), (0.022 * h, 0.028 * h) if rng.random() < 0.5 else
-                   (0.017 * h, 0.022 * h), bone * patient.bladder_uptake * 0.35, 0.3, 20 * build)
+        canvas.ellipse(
+            pt(s * 0.042, 0.395),
+            (0.032 * h, 0.016 * h),
+            bone * patient.kidney_uptake * 0.07,
+            0.78,
+            22 * build,
+            angle=-s * 0.25,
+        )
+    canvas.ellipse(
+        pt(rng.normal(0, 0.004), 0.505),
+        (0.022 * h, 0.028 * h) if rng.random() < 0.5 else (0.017 * h, 0.022 * h),
+        bone * patient.bladder_uptake * 0.35,
+        0.3,
+        20 * build,
+    )
     if rng.random() < 0.1:
         canvas.ellipse(pt(0, 0.155), (8 * mm, 14 * mm), bone * 0.6, 0.2, 12)
 
     # Skull: vault with a bright rim, facial bones and mandible.
-    canvas.ellipse(pt(0, head_frac * 0.95), (head_frac * 0.95 * h, 0.72 * head_frac * h), bone * 0.13, 0.5, 18,
-                   shell=0.16)
-    canvas.polyline(np.array([pt(-0.032, 0.1), pt(-0.02, 0.122), pt(0, 0.128), pt(0.02, 0.122), pt(0.032, 0.1)]),
-                    5 * mm, bone * 0.45, 0.3, 16)
+    canvas.ellipse(
+        pt(0, head_frac * 0.95), (head_frac * 0.95 * h, 0.72 * head_frac * h), bone * 0.13, 0.5, 18, shell=0.16
+    )
+    canvas.polyline(
+        np.array([pt(-0.032, 0.1), pt(-0.02, 0.122), pt(0, 0.128), pt(0.02, 0.122), pt(0.032, 0.1)]),
+        5 * mm,
+        bone * 0.45,
+        0.3,
+        16,
+    )
     canvas.ellipse(pt(0, 0.095), (10 * mm, 18 * mm), bone * 0.3, 0.3, 16)
     for yf in (0.04, 0.07):
         sk.sites.append(Site(f"skull_{yf}", "skull", "M", pt(rng.uniform(-0.03, 0.03), yf), 0.5, 18))
@@ -472,8 +493,17 @@ def build_skeleton(
         sk.sites.append(Site(f"spine_{part}{i}", "spine", "M", pt(xs, yf), 0.72, 22 * build, index=n))
         if part in ("C", "L"):
             for s in (-1, 1):
-                sk.sites.append(Site(f"facet_{part}{i}_{'RL'[s > 0]}", "spine_joint", "RL"[s > 0],
-                                     pt(xs + s * half * 1.3, yf), 0.75, 22 * build, index=n))
+                sk.sites.append(
+                    Site(
+                        f"facet_{part}{i}_{'RL'[s > 0]}",
+                        "spine_joint",
+                        "RL"[s > 0],
+                        pt(xs + s * half * 1.3, yf),
+                        0.75,
+                        22 * build,
+                        index=n,
+                    )
+                )
     # Sacrum and sacroiliac joints.
     canvas.polyline(np.array([pt(0, 0.455), pt(0, 0.505)]), 14 * mm, bone * 0.9, 0.8, 20 * build)
     for s in (-1, 1):
@@ -484,12 +514,31 @@ def build_skeleton(
     for s in (-1, 1):
         side = "RL"[s > 0]
         canvas.ellipse(pt(s * 0.055, 0.44), (0.03 * h, 0.036 * h), bone * 0.12, 0.6, 20 * build, angle=s * 0.3)
-        canvas.polyline(np.array([pt(s * 0.025, 0.43), pt(s * 0.06, 0.41), pt(s * 0.088, 0.425),
-                                  pt(s * 0.082, 0.455), pt(s * 0.06, 0.485)]), 5 * mm, bone, 0.6, 20 * build)
-        canvas.polyline(np.array([pt(s * 0.06, 0.485), pt(s * 0.035, 0.5), pt(s * 0.006, 0.505)]),
-                        5 * mm, bone, 0.35, 20 * build)
-        canvas.polyline(np.array([pt(s * 0.055, 0.495), pt(s * 0.04, 0.515), pt(s * 0.01, 0.512)]),
-                        5 * mm, bone * 0.9, 0.45, 20 * build)
+        canvas.polyline(
+            np.array(
+                [
+                    pt(s * 0.025, 0.43),
+                    pt(s * 0.06, 0.41),
+                    pt(s * 0.088, 0.425),
+                    pt(s * 0.082, 0.455),
+                    pt(s * 0.06, 0.485),
+                ]
+            ),
+            5 * mm,
+            bone,
+            0.6,
+            20 * build,
+        )
+        canvas.polyline(
+            np.array([pt(s * 0.06, 0.485), pt(s * 0.035, 0.5), pt(s * 0.006, 0.505)]), 5 * mm, bone, 0.35, 20 * build
+        )
+        canvas.polyline(
+            np.array([pt(s * 0.055, 0.495), pt(s * 0.04, 0.515), pt(s * 0.01, 0.512)]),
+            5 * mm,
+            bone * 0.9,
+            0.45,
+            20 * build,
+        )
         for k, (xf, yf) in enumerate(((0.06, 0.42), (0.075, 0.44), (0.045, 0.47), (0.03, 0.505))):
             sk.sites.append(Site(f"pelvis_{side}{k}", "pelvis", side, pt(s * xf, yf), 0.6, 20 * build))
 
@@ -500,22 +549,43 @@ def build_skeleton(
         width = 0.045 + 0.045 * np.sin(np.pi * min(k, 9) / 18.0) * patient.shoulder_scale * 1.15
         for s in (-1, 1):
             side = "RL"[s > 0]
-            post = np.array([pt(s * 0.012, y0), pt(s * width * 0.6, y0 - 0.004), pt(s * width, y0 + 0.012),
-                             pt(s * width * 1.02, y0 + 0.03)])
+            post = np.array(
+                [
+                    pt(s * 0.012, y0),
+                    pt(s * width * 0.6, y0 - 0.004),
+                    pt(s * width, y0 + 0.012),
+                    pt(s * width * 1.02, y0 + 0.03),
+                ]
+            )
             canvas.polyline(post, 3.6 * mm, bone * 0.8, 0.85, 22 * build)
             if k <= 10:
                 end_x = 0.018 if k <= 7 else 0.045
-                ant = np.array([pt(s * width * 1.02, y0 + 0.03), pt(s * width * 0.8, y0 + 0.05),
-                                pt(s * end_x, y0 + 0.06 + 0.002 * k)])
+                ant = np.array(
+                    [
+                        pt(s * width * 1.02, y0 + 0.03),
+                        pt(s * width * 0.8, y0 + 0.05),
+                        pt(s * end_x, y0 + 0.06 + 0.002 * k),
+                    ]
+                )
                 canvas.polyline(ant, 3.4 * mm, bone * 0.6, 0.12, 22 * build)
-                sk.sites.append(Site(f"rib{k}_ant_{side}", "rib", side, pt(s * width * 0.75, y0 + 0.052),
-                                     0.12, 22 * build, index=k))
+                sk.sites.append(
+                    Site(f"rib{k}_ant_{side}", "rib", side, pt(s * width * 0.75, y0 + 0.052), 0.12, 22 * build, index=k)
+                )
             for j, frac in enumerate((0.55, 1.0)):
-                sk.sites.append(Site(f"rib{k}_post{j}_{side}", "rib", side,
-                                     pt(s * width * frac, y0 + (0.0 if j == 0 else 0.015)), 0.85, 22 * build,
-                                     index=k))
-            sk.sites.append(Site(f"rib{k}_lat_{side}", "rib", side, pt(s * width * 1.02, y0 + 0.025),
-                                 0.5, 22 * build, index=k))
+                sk.sites.append(
+                    Site(
+                        f"rib{k}_post{j}_{side}",
+                        "rib",
+                        side,
+                        pt(s * width * frac, y0 + (0.0 if j == 0 else 0.015)),
+                        0.85,
+                        22 * build,
+                        index=k,
+                    )
+                )
+            sk.sites.append(
+                Site(f"rib{k}_lat_{side}", "rib", side, pt(s * width * 1.02, y0 + 0.025), 0.5, 22 * build, index=k)
+            )
 
     # Sternum and sternoclavicular joints, clavicles, scapulae.
     canvas.polyline(np.array([pt(0, 0.19), pt(0, 0.21), pt(0, 0.285)]), 9 * mm, bone * 0.8, 0.05, 22 * build)
@@ -523,8 +593,13 @@ def build_skeleton(
     shoulder_x = 0.115 * patient.shoulder_scale
     for s in (-1, 1):
         side = "RL"[s > 0]
-        canvas.polyline(np.array([pt(s * 0.014, 0.186), pt(s * 0.06, 0.181), pt(s * shoulder_x * 0.95, 0.172)]),
-                        4.5 * mm, bone * 0.9, 0.1, 16)
+        canvas.polyline(
+            np.array([pt(s * 0.014, 0.186), pt(s * 0.06, 0.181), pt(s * shoulder_x * 0.95, 0.172)]),
+            4.5 * mm,
+            bone * 0.9,
+            0.1,
+            16,
+        )
         sk.sites.append(Site(f"sc_joint_{side}", "joint", side, pt(s * 0.015, 0.187), 0.1, 18))
         sk.sites.append(Site(f"ac_joint_{side}", "joint", side, pt(s * shoulder_x * 0.93, 0.172), 0.4, 14))
         canvas.ellipse(pt(s * 0.078, 0.225), (0.05 * h, 0.028 * h), bone * 0.18, 0.85, 22 * build, angle=s * 0.15)
@@ -550,19 +625,37 @@ def build_skeleton(
         sk.sites.append(Site(f"humerus_{side}", "long_bone", side, pt(s * (shoulder_x + 0.02), 0.23), 0.5, 9))
         sk.sites.append(Site(f"elbow_{side}", "joint", side, pt(*elbow_f), 0.5, 9))
         for dx in (-0.005, 0.005):
-            canvas.capsule(pt(elbow_f[0] + dx, elbow_f[1]), pt(wrist_f[0] + dx, wrist_f[1]), 4.5 * mm,
-                           bone * 0.6, 0.5, 7)
+            canvas.capsule(
+                pt(elbow_f[0] + dx, elbow_f[1]), pt(wrist_f[0] + dx, wrist_f[1]), 4.5 * mm, bone * 0.6, 0.5, 7
+            )
         canvas.capsule(pt(*wrist_f), pt(*hand_f), 12 * mm, bone * 0.5, 0.5, 4)
         sk.sites.append(Site(f"wrist_{side}", "joint", side, pt(*wrist_f), 0.5, 5))
         if patient.is_child:
-            canvas.capsule(pt(s * shoulder_x - 12 * mm / h, 0.212), pt(s * shoulder_x + 12 * mm / h, 0.212),
-                           2.5 * mm, bone * 3.0, 0.5, 9)
-            canvas.capsule(pt(wrist_f[0] - 0.008, wrist_f[1] - 0.006), pt(wrist_f[0] + 0.008, wrist_f[1] - 0.006),
-                           2.5 * mm, bone * 3.0, 0.5, 6)
+            canvas.capsule(
+                pt(s * shoulder_x - 12 * mm / h, 0.212),
+                pt(s * shoulder_x + 12 * mm / h, 0.212),
+                2.5 * mm,
+                bone * 3.0,
+                0.5,
+                9,
+            )
+            canvas.capsule(
+                pt(wrist_f[0] - 0.008, wrist_f[1] - 0.006),
+                pt(wrist_f[0] + 0.008, wrist_f[1] - 0.006),
+                2.5 * mm,
+                bone * 3.0,
+                0.5,
+                6,
+            )
         if side == sk.injection_arm and rng.random() < hot_spots.injection_probability:
             where = elbow_f if rng.random() < 0.6 else hand_f
-            canvas.ellipse(pt(where[0] + rng.normal(0, 0.004), where[1] + rng.normal(0, 0.006)),
-                           (rng.uniform(4, 9) * mm,) * 2, bone * rng.uniform(*hot_spots.injection_ratio), 0.2, 8)
+            canvas.ellipse(
+                pt(where[0] + rng.normal(0, 0.004), where[1] + rng.normal(0, 0.006)),
+                (rng.uniform(4, 9) * mm,) * 2,
+                bone * rng.uniform(*hot_spots.injection_ratio),
+                0.2,
+                8,
+            )
 
     # Legs: femoral head, neck and trochanter, femur, knee, patella, tibia and fibula, feet.
     for s in (-1, 1):
@@ -575,8 +668,14 @@ def build_skeleton(
         canvas.ellipse(pt(*knee_f), (18 * mm, 25 * mm), bone * 0.55, 0.5, 12)
         canvas.ellipse(pt(knee_f[0], knee_f[1] - 0.004), (11 * mm, 10 * mm), bone * 0.6, 0.05, 12)
         canvas.capsule(pt(knee_f[0], knee_f[1] + 0.012), pt(*ankle_f), 9 * mm, bone * 0.7, 0.45, 10)
-        canvas.capsule(pt(knee_f[0] + s * 0.016, knee_f[1] + 0.018), pt(ankle_f[0] + s * 0.014, ankle_f[1]),
-                       3.5 * mm, bone * 0.5, 0.6, 10)
+        canvas.capsule(
+            pt(knee_f[0] + s * 0.016, knee_f[1] + 0.018),
+            pt(ankle_f[0] + s * 0.014, ankle_f[1]),
+            3.5 * mm,
+            bone * 0.5,
+            0.6,
+            10,
+        )
         canvas.capsule(pt(*ankle_f), pt(ankle_f[0] + s * 0.008, 0.99), 11 * mm, bone * 0.35, 0.5, 8)
         sk.sites.append(Site(f"hip_{side}", "joint", side, hip, 0.5, 20 * build))
         sk.sites.append(Site(f"femur_{side}", "long_bone", side, pt(s * 0.075, 0.54), 0.5, 14 * build))
@@ -584,8 +683,9 @@ def build_skeleton(
         sk.sites.append(Site(f"ankle_{side}", "joint", side, pt(*ankle_f), 0.5, 8))
         if patient.is_child:
             for yf, w in ((knee_f[1] - 0.012, 18), (knee_f[1] + 0.016, 15), (ankle_f[1] - 0.01, 10)):
-                canvas.capsule(pt(knee_f[0] - w * mm / h, yf), pt(knee_f[0] + w * mm / h, yf), 2.5 * mm,
-                               bone * 3.0, 0.5, 12)
+                canvas.capsule(
+                    pt(knee_f[0] - w * mm / h, yf), pt(knee_f[0] + w * mm / h, yf), 2.5 * mm, bone * 3.0, 0.5, 12
+                )
 
     # Chest crop as the thesis's readers framed it: shoulders to the lower ribs, both humeral heads in.
     r_top, _ = pt(0, 0.155)

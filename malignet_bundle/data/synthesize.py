@@ -117,8 +117,13 @@ def _add_distractors(
     if rng.random() < 0.1:  # soft-tissue uptake (calcification, breast, lung effusion) anywhere in the trunk
         r = top + rng.uniform(0.2, 0.45) * h
         c = cx + rng.uniform(-0.07, 0.07) * h
-        canvas.ellipse((r, c), (rng.uniform(8, 25) / spacing_mm, rng.uniform(8, 25) / spacing_mm),
-                       rng.uniform(0.2, 0.8), rng.uniform(0.1, 0.9), 22)
+        canvas.ellipse(
+            (r, c),
+            (rng.uniform(8, 25) / spacing_mm, rng.uniform(8, 25) / spacing_mm),
+            rng.uniform(0.2, 0.8),
+            rng.uniform(0.1, 0.9),
+            22,
+        )
 
 
 def synthesize_study(
@@ -155,8 +160,9 @@ def synthesize_study(
         raise ValueError(f"unknown generator version {version}; known: {list(GENERATOR_VERSIONS)}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     if version == 2:
-        return _synthesize_v2(rng, patient_id, shape, spacing_mm, signed_fraction, camera or GammaCamera(),
-                              hot_spots or HOT_SPOTS_V2)
+        return _synthesize_v2(
+            rng, patient_id, shape, spacing_mm, signed_fraction, camera or GammaCamera(), hot_spots or HOT_SPOTS_V2
+        )
     if camera is not None or hot_spots is not None:
         raise ValueError("generator version 1 has no camera model or configurable hot spots; use version=2")
     patient = sample_patient(rng, patient_id)
@@ -174,15 +180,21 @@ def synthesize_study(
     for spec in lesions:
         field_, (r0, c0) = lesion_patch(spec, spacing_mm)
         r0, c0 = int(r0), int(c0)
-        rs, cs = slice(max(r0, 0), min(r0 + field_.shape[0], shape[0])), slice(max(c0, 0),
-                                                                               min(c0 + field_.shape[1], shape[1]))
+        rs, cs = (
+            slice(max(r0, 0), min(r0 + field_.shape[0], shape[0])),
+            slice(max(c0, 0), min(c0 + field_.shape[1], shape[1])),
+        )
         if rs.start >= rs.stop or cs.start >= cs.stop:
             continue
         crop = (slice(rs.start - r0, rs.stop - r0), slice(cs.start - c0, cs.stop - c0))
         a_ant, a_post = canvas.attenuation(spec.site.depth, spec.site.thickness_cm)
         # Lesion uptake is relative to the unattenuated bone uptake under it.
-        local = max(float(unblurred["anterior"][rs, cs].max()) / a_ant, float(unblurred["posterior"][rs, cs].max())
-                    / a_post) * 0.5
+        local = (
+            max(
+                float(unblurred["anterior"][rs, cs].max()) / a_ant, float(unblurred["posterior"][rs, cs].max()) / a_post
+            )
+            * 0.5
+        )
         amplitude = spec.contrast * max(local, 1.0)
         lesion = ndimage.gaussian_filter(field_ * amplitude, sigma, mode="constant")[crop]
         if lesion.max() <= 0:
@@ -213,7 +225,8 @@ def synthesize_study(
         else:
             box = (x0, y0, x1, y1)
         frames[view] = np.clip(counts, -32768 if signed else 0, 32767 if signed else 65535).astype(
-            np.int16 if signed else np.uint16)
+            np.int16 if signed else np.uint16
+        )
         stored_masks[view] = np.ascontiguousarray(stack)
         chest[view] = tuple(float(v) for v in box)
     return SyntheticStudy(patient, frames, stored_masks, names, chest, lesions, spacing_mm)
@@ -267,11 +280,17 @@ def _synthesize_v2(
         site = spec.site
         a_ant, a_post = canvas.attenuation(site.depth, site.thickness_cm)
         # Lesion uptake is relative to the unattenuated bone uptake under it, as in version 1.
-        local = max(float(unblurred["anterior"][rs, cs].max()) / a_ant, float(unblurred["posterior"][rs, cs].max())
-                    / a_post) * 0.5
+        local = (
+            max(
+                float(unblurred["anterior"][rs, cs].max()) / a_ant, float(unblurred["posterior"][rs, cs].max()) / a_post
+            )
+            * 0.5
+        )
         amplitude = spec.contrast * hot_spots.lesion_contrast_scale * max(local, 1.0)
-        depth_mm = {"anterior": site.depth * site.thickness_cm * 10.0,
-                    "posterior": (1.0 - site.depth) * site.thickness_cm * 10.0}
+        depth_mm = {
+            "anterior": site.depth * site.thickness_cm * 10.0,
+            "posterior": (1.0 - site.depth) * site.thickness_cm * 10.0,
+        }
         for view, attenuation in (("anterior", a_ant), ("posterior", a_post)):
             # each view sees the lesion through its own distance: sharper on the side it is nearer to
             lesion = camera.blur(field_ * amplitude, depth_mm[view] + gaps[view], spacing_mm, extra)[crop]
@@ -305,11 +324,13 @@ def _synthesize_v2(
         else:
             box = (x0, y0, x1, y1)
         frames[view] = np.clip(counts, -32768 if signed else 0, 32767 if signed else 65535).astype(
-            np.int16 if signed else np.uint16)
+            np.int16 if signed else np.uint16
+        )
         stored_masks[view] = np.ascontiguousarray(stack)
         chest[view] = tuple(float(v) for v in box)
-    return SyntheticStudy(patient, frames, stored_masks, names, chest, lesions, spacing_mm, generator_version=2,
-                          acquisition=acquisition)
+    return SyntheticStudy(
+        patient, frames, stored_masks, names, chest, lesions, spacing_mm, generator_version=2, acquisition=acquisition
+    )
 
 
 def write_study(
@@ -331,9 +352,14 @@ def write_study(
     """
     out_dir = Path(out_dir)
     pid = study.patient.patient_id
-    common = dict(spacing_mm=study.spacing_mm, patient_id=pid, patient_sex=study.patient.sex,
-                  patient_age=study.patient.age, signed=study.frames["anterior"].dtype == np.int16,
-                  seed_date=study_date)
+    common = dict(
+        spacing_mm=study.spacing_mm,
+        patient_id=pid,
+        patient_sex=study.patient.sex,
+        patient_age=study.patient.age,
+        signed=study.frames["anterior"].dtype == np.int16,
+        seed_date=study_date,
+    )
     # the generator version travels with every file, so a study taken out of its dataset still says what made it
     software = f"malignet_bundle synthetic generator version {study.generator_version}"
     if layout == "multiframe":
@@ -355,18 +381,31 @@ def write_study(
 
     images, annotations = [], []
     for k, view in enumerate(VIEWS):
-        image, anns = to_coco_image(k + 1, files[view], view, study.frames[view].shape, study.masks[view],
-                                    study.class_names[view], class_map, study.chest_box[view],
-                                    first_annotation_id=len(annotations) + 1)
+        image, anns = to_coco_image(
+            k + 1,
+            files[view],
+            view,
+            study.frames[view].shape,
+            study.masks[view],
+            study.class_names[view],
+            class_map,
+            study.chest_box[view],
+            first_annotation_id=len(annotations) + 1,
+        )
         images.append(image)
         annotations.extend(anns)
     label_file = f"labels/{pid}.json"
     document = coco_document(images, annotations, class_map)
-    document["info"] = {"description": "MaligNet synthetic whole-body bone scan",
-                        "generator_version": study.generator_version, **study.acquisition}
+    document["info"] = {
+        "description": "MaligNet synthetic whole-body bone scan",
+        "generator_version": study.generator_version,
+        **study.acquisition,
+    }
     write_json_atomic(document, out_dir / label_file)
-    return [{"image": files[v], "view": v, "patient_id": pid, "label": label_file,
-             "metastasis": study.metastatic} for v in VIEWS]
+    return [
+        {"image": files[v], "view": v, "patient_id": pid, "label": label_file, "metastasis": study.metastatic}
+        for v in VIEWS
+    ]
 
 
 def _make_one(args: tuple) -> tuple[list[dict], dict]:
@@ -374,11 +413,19 @@ def _make_one(args: tuple) -> tuple[list[dict], dict]:
     pid = f"SYN{index:05d}"
     study = synthesize_study([seed, index], pid, shape=shape, spacing_mm=spacing, version=version)
     class_map = ClassMap(DEFAULT_CLASSES)
-    items = write_study(study, out_dir, class_map, layout=layout,
-                        study_date=datetime.date(2020, 1, 1) + datetime.timedelta(days=index % 1500))
-    stats = {"lesions": Counter(s.label for s in study.lesions),
-             "annotated": Counter(n for v in VIEWS for n in study.class_names[v]),
-             "metastatic": study.metastatic, "child": study.patient.is_child}
+    items = write_study(
+        study,
+        out_dir,
+        class_map,
+        layout=layout,
+        study_date=datetime.date(2020, 1, 1) + datetime.timedelta(days=index % 1500),
+    )
+    stats = {
+        "lesions": Counter(s.label for s in study.lesions),
+        "annotated": Counter(n for v in VIEWS for n in study.class_names[v]),
+        "metastatic": study.metastatic,
+        "child": study.patient.is_child,
+    }
     return items, stats
 
 
@@ -474,4 +521,3 @@ def _progress(iterable: object, total: int, enabled: bool) -> object:
     from tqdm import tqdm
 
     return tqdm(iterable, total=total, desc="synthesising studies", unit="study")
-
