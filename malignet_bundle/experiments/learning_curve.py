@@ -35,10 +35,10 @@ from malignet_bundle.experiments.ssl_benchmark import (
     VARIANTS,
     Profile,
     RunSpec,
-    _config_files,
-    _workflow,
+    config_files,
     machine_description,
     run_overrides,
+    run_workflow,
     subset_datalist,
 )
 from malignet_bundle.metrics.operating_point import REFERENCE_THRESHOLD, choose_operating_threshold
@@ -91,7 +91,7 @@ def _evaluate(
         },
         override_file,
     )
-    _workflow([*files, CONFIG_DIR / "evaluate.json", override_file], "evaluating", None)
+    run_workflow([*files, CONFIG_DIR / "evaluate.json", override_file], "evaluating", None)
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -158,7 +158,7 @@ def run_learning_curve(
         if changed:
             raise ValueError(f"{curve_path} was started with other settings (before, now): {changed}")
         curve = previous
-    files = _config_files(run)
+    files = config_files(run, profile)  # the profile's configs too (cpu: cpu.json), as the study trains
     done = {p["step"] for p in curve["points"]}
     total_epochs = points * epochs_per_point
     for point in range(1, points + 1):
@@ -183,7 +183,7 @@ def run_learning_curve(
             logger.info("%s: segment to step %d was trained before the interruption", run_dir.name, step)
         else:
             logger.info("%s: training to step %d (point %d of %d)", run_dir.name, step, point, points)
-            _workflow([*files, override_file], "training", None)
+            run_workflow([*files, override_file], "training", None)
         seconds = time.perf_counter() - started
         states = [read_checkpoint_state(p) for p in models.glob("latest_checkpoint_epoch=*.pt")]
         state = max(states, key=lambda s: s.epoch)
