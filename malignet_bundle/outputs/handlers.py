@@ -128,15 +128,17 @@ class StudyOutputWriter:
 
     Args:
         output_dir: the run's output folder; each study writes into ``output_dir/<study_id>``.
+        class_map: label → class name (and colour), which every output names its lesions by.
         output_transform: engine output → the :class:`StudyPrediction` (None: nothing to write).
     """
 
     def __init__(
         self,
         output_dir: str | os.PathLike,
+        class_map: ClassMap,
         output_transform: Callable[[Any], StudyPrediction | None] = _prediction_of,
     ) -> None:
-        self.output_dir, self.output_transform = Path(output_dir), output_transform
+        self.output_dir, self.class_map, self.output_transform = Path(output_dir), class_map, output_transform
 
     def attach(self, engine: Engine) -> None:
         """Write after every iteration of ``engine``."""
@@ -174,8 +176,8 @@ class LesionReportWriter(StudyOutputWriter):
         model: Mapping[str, Any] | None = None,
         output_transform: Callable[[Any], StudyPrediction | None] = _prediction_of,
     ) -> None:
-        super().__init__(output_dir, output_transform)
-        self.class_map, self.model = class_map, model
+        super().__init__(output_dir, class_map, output_transform)
+        self.model = model
 
     def write(self, prediction: StudyPrediction, folder: Path) -> Path:
         """Write the report; returns its path."""
@@ -191,15 +193,6 @@ class OverlayWriter(StudyOutputWriter):
         output_transform: engine output → the study prediction.
     """
 
-    def __init__(
-        self,
-        output_dir: str | os.PathLike,
-        class_map: ClassMap,
-        output_transform: Callable[[Any], StudyPrediction | None] = _prediction_of,
-    ) -> None:
-        super().__init__(output_dir, output_transform)
-        self.class_map = class_map
-
     def write(self, prediction: StudyPrediction, folder: Path) -> Path:
         """Write the picture; returns its path."""
         return write_overlay(prediction, self.class_map, folder)
@@ -213,15 +206,6 @@ class InstanceLabelWriter(StudyOutputWriter):
         class_map: label → class name, written into the sidecar.
         output_transform: engine output → the study prediction.
     """
-
-    def __init__(
-        self,
-        output_dir: str | os.PathLike,
-        class_map: ClassMap,
-        output_transform: Callable[[Any], StudyPrediction | None] = _prediction_of,
-    ) -> None:
-        super().__init__(output_dir, output_transform)
-        self.class_map = class_map
 
     def write(self, prediction: StudyPrediction, folder: Path) -> dict[str, Path]:
         """Write the label images; returns ``{"nifti_<view>": path}``."""
@@ -245,8 +229,8 @@ class DicomSegWriter(StudyOutputWriter):
         algorithm_version: str = "0.1.0",
         output_transform: Callable[[Any], StudyPrediction | None] = _prediction_of,
     ) -> None:
-        super().__init__(output_dir, output_transform)
-        self.class_map, self.algorithm_version = class_map, str(algorithm_version)
+        super().__init__(output_dir, class_map, output_transform)
+        self.algorithm_version = str(algorithm_version)
 
     def write(self, prediction: StudyPrediction, folder: Path) -> dict[str, Path]:
         """Write the SEGs; returns ``{"seg_<view>": path}``."""
