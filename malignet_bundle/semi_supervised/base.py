@@ -15,17 +15,29 @@ config by setting the top-level ``semi_supervised`` id to it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
+import torch.distributed as dist
+from ignite.handlers import EMAHandler
+from monai.transforms import Compose
 from torch import Tensor
 
 if TYPE_CHECKING:
     from malignet_bundle.engines.trainer import SemiSupervisedTrainer
 
-__all__ = ["JointBatch", "StepOutput", "SemiSupervisedMethod", "joint_forward", "uses_ladder", "unwrap"]
+__all__ = [
+    "JointBatch",
+    "StepOutput",
+    "SemiSupervisedMethod",
+    "joint_forward",
+    "uses_ladder",
+    "unwrap",
+    "seeded_augmentation",
+    "ema_teacher",
+]
 
 
 @dataclass
@@ -144,3 +156,45 @@ class SemiSupervisedMethod(ABC):
         Returns:
             The losses to weigh and optimise, and values to log beside them.
         """
+
+
+def seeded_augmentation(augmentation: Callable | Sequence[Callable] | None, seed: int | None) -> Callable | None:
+    """The teacher–student methods' random perturbation, its random state seeded once per process.
+
+    Args:
+        augmentation: a callable (used as given), a sequence of MONAI transforms (composed), or None.
+        seed: the random state of a composed augmentation; None draws one, offset by the process's rank so
+            that data-parallel processes perturb differently.
+
+    Returns:
+        The augmentation to call on a batch, or None.
+    """
+    if augmentation is None or callable(augmentation):
+        composed = augmentation
+    else:
+        composed = Compose(list(augmentation))
+    if isinstance(composed, Compose):
+        if seed is None:
+            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+            seed = int(torch.randint(0, 2**30, ()).item()) + rank
+        composed.set_random_state(seed=seed)
+    return composed
+
+
+def ema_teacher(network: torch.nn.Module, decay: float) -> tuple[EMAHandler, torch.nn.Module]:
+    """Ignite's EMA of ``network`` as a teacher: a detached deep copy in evaluation mode, without gradients.
+
+    ``handle_buffers="update"`` averages the normalisation statistics too, so the teacher's whole state is an
+    average of the student's.
+
+    Args:
+        network: the student (unwrapped by ignite if data-parallel).
+        decay: the EMA decay (ignite's momentum is ``1 - decay``).
+
+    Returns:
+        The handler to attach to the trainer, and the teacher it updates.
+    """
+    ema = EMAHandler(network, momentum=1.0 - float(decay), handle_buffers="update")
+    teacher: torch.nn.Module = ema.ema_model
+    teacher.requires_grad_(False)
+    return ema, teacher

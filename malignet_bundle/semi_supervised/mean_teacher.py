@@ -43,8 +43,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
-from ignite.handlers import EMAHandler
-from monai.transforms import Compose
 from monai.utils import convert_to_tensor
 from monai.utils.misc import str2bool
 from torch import Tensor
@@ -54,7 +52,9 @@ from malignet_bundle.semi_supervised.base import (
     JointBatch,
     SemiSupervisedMethod,
     StepOutput,
+    ema_teacher,
     joint_forward,
+    seeded_augmentation,
     unwrap,
     uses_ladder,
 )
@@ -224,20 +224,9 @@ class MeanTeacher(SemiSupervisedMethod):
         self.mask_threshold = float(mask_threshold)
         self.keep_empty = str2bool(keep_empty)
         self.min_pixels = int(min_pixels)
-        if strong_augmentation is None or callable(strong_augmentation):
-            self.strong_augmentation = strong_augmentation
-        else:
-            self.strong_augmentation = Compose(list(strong_augmentation))
-        if isinstance(self.strong_augmentation, Compose):
-            if seed is None:
-                rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-                seed = int(torch.randint(0, 2**30, ()).item()) + rank
-            self.strong_augmentation.set_random_state(seed=seed)
-        # ignite's EMA: a deep copy of the (unwrapped) student, parameters detached, in evaluation mode;
-        # "update" averages the batch-norm statistics as well, as Unbiased Teacher averages the whole state
-        self.ema = EMAHandler(network, momentum=1.0 - self.decay, handle_buffers="update")
-        self.teacher: torch.nn.Module = self.ema.ema_model
-        self.teacher.requires_grad_(False)
+        self.strong_augmentation = seeded_augmentation(strong_augmentation, seed)
+        # "update": batch-norm statistics averaged too, as Unbiased Teacher averages the whole state
+        self.ema, self.teacher = ema_teacher(network, self.decay)
 
     def attach(self, trainer: SemiSupervisedTrainer) -> None:
         """Teacher ← student at a fresh run's first iteration; EMA update (then rank-0 buffers) after each step.

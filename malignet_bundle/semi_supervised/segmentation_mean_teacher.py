@@ -33,13 +33,19 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
-from ignite.handlers import EMAHandler
-from monai.transforms import Compose
 from monai.utils import convert_to_tensor
 from torch import Tensor
 
 from malignet_bundle.networks.segmentation import PSEUDO_SUFFIX, SEGMENTATION_LOSS_KEY, SOFT_TARGET_KEY
-from malignet_bundle.semi_supervised.base import JointBatch, SemiSupervisedMethod, StepOutput, joint_forward, unwrap
+from malignet_bundle.semi_supervised.base import (
+    JointBatch,
+    SemiSupervisedMethod,
+    StepOutput,
+    ema_teacher,
+    joint_forward,
+    seeded_augmentation,
+    unwrap,
+)
 
 if TYPE_CHECKING:
     from malignet_bundle.engines.trainer import SemiSupervisedTrainer
@@ -113,20 +119,9 @@ class SegmentationMeanTeacher(SemiSupervisedMethod):
         self.decay = float(decay)
         self.consistency_weight = float(consistency_weight)
         self.ramp_up = int(ramp_up)
-        if perturbation is None or callable(perturbation):
-            self.perturbation = perturbation
-        else:
-            self.perturbation = Compose(list(perturbation))
-        if isinstance(self.perturbation, Compose):
-            if seed is None:
-                rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-                seed = int(torch.randint(0, 2**30, ()).item()) + rank
-            self.perturbation.set_random_state(seed=seed)
-        # ignite's EMA: a deep copy of the (unwrapped) student, detached, in evaluation mode; "update" averages
-        # normalisation statistics too (the Double U-Net's ASPP has batch norm)
-        self.ema = EMAHandler(network, momentum=1.0 - self.decay, handle_buffers="update")
-        self.teacher: torch.nn.Module = self.ema.ema_model
-        self.teacher.requires_grad_(False)
+        self.perturbation = seeded_augmentation(perturbation, seed)
+        # "update": normalisation statistics averaged too (the Double U-Net's ASPP has batch norm)
+        self.ema, self.teacher = ema_teacher(network, self.decay)
 
     def weight(self, iteration: int) -> float:
         """The consistency weight w(t) at ``iteration`` (module docstring).
