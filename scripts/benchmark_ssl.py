@@ -8,6 +8,8 @@
     python scripts/benchmark_ssl.py --profile cpu --sweeps why --variations steps3x  # only the longer schedule
     python scripts/benchmark_ssl.py --profile cpu --reevaluate     # new evaluation, same trained models
     python scripts/benchmark_ssl.py --profile cpu --report_only    # the report from the committed results
+    python scripts/benchmark_ssl.py --profile cpu --sweeps table4 --variants fpn,malignet,unet,unet_mt,double_unet
+                                                                   # the pixel-level baselines beside the detectors
     python scripts/benchmark_ssl.py --profile full --dataset_dir /data/bonescans --chest_detector models/chest.pt
 
 The `cpu` profile trains with configs/cpu.json's speed settings for 1600 steps (the learning curves'
@@ -71,9 +73,11 @@ def _planned(results: list[dict], runs: list[RunSpec], any_seed: bool) -> list[d
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
-    parser.add_argument("--dataset_dir", default=None, help="default: data/benchmark_ssl/<profile>, synthesised")
+    parser.add_argument(
+        "--dataset_dir", default=None, help="default: data/benchmark_ssl/<profile>-v<generator version>, synthesised"
+    )
     parser.add_argument("--chest_detector", default=None, help="default: <dataset_dir>/chest_detector.pt, trained")
-    parser.add_argument("--output_dir", default=None, help="default: runs/benchmark_ssl/<profile>")
+    parser.add_argument("--output_dir", default=None, help="default: runs/benchmark_ssl/<profile>-v<generator version>")
     parser.add_argument(
         "--results_dir",
         default=None,
@@ -113,9 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     profile = PROFILES[args.profile]
     if args.steps is not None:
         profile = with_steps(profile, args.steps)
-    dataset_dir = Path(args.dataset_dir or ROOT / "data" / "benchmark_ssl" / profile.name).resolve()
+    dataset_dir = Path(args.dataset_dir or ROOT / "data" / "benchmark_ssl" / profile.data_name).resolve()
     chest_detector = Path(args.chest_detector or dataset_dir / "chest_detector.pt").resolve()
-    output_dir = Path(args.output_dir or ROOT / "runs" / "benchmark_ssl" / profile.name).resolve()
+    output_dir = Path(args.output_dir or ROOT / "runs" / "benchmark_ssl" / profile.data_name).resolve()
     if args.results_dir == "none":
         results_dir = None
     elif args.results_dir is not None:

@@ -53,6 +53,8 @@ __all__ = [
     "VARIANTS",
     "Variant",
     "MEAN_TEACHER_VARIANTS",
+    "SEGMENTATION_VARIANTS",
+    "dataset_generator_version",
     "COMPARISONS",
     "STUDY_METRICS",
     "PROFILES",
@@ -100,6 +102,9 @@ class Variant(NamedTuple):
             compares the two in pairs (:data:`COMPARISONS`). Empty for a supervised row.
         configs: further bundle config files (names in ``configs/``), merged after the method's and before
             the profile's (:func:`config_files`).
+        segmentation: a pixel-level network (``segmentation.json``): its ``configs`` replace ``network_def``
+            and the semi-supervised method, so they are merged after the profile's speed settings, and the
+            detector's overrides (anchors, global features, the profile's ``network``) are not applied.
     """
 
     row: str
@@ -109,6 +114,7 @@ class Variant(NamedTuple):
     mean_teacher: bool = False
     base: str = ""
     configs: tuple[str, ...] = ()
+    segmentation: bool = False
 
     @property
     def unlabeled(self) -> bool:
@@ -124,10 +130,32 @@ VARIANTS: dict[str, Variant] = {
     "malignet_st": Variant("MaligNet + self-training", True, True, True, base="malignet"),
     "fpn_mt": Variant("Mask R-CNN + mean teacher", False, False, False, mean_teacher=True, base="fpn"),
     "malignet_mt": Variant("MaligNet + mean teacher", True, True, False, mean_teacher=True, base="malignet"),
+    # the pixel-level networks of the related work (U-Net family, Double U-Net), read by both protocols
+    "unet": Variant("U-Net (pixel-level)", False, False, False, configs=("segmentation.json",), segmentation=True),
+    "unet_mt": Variant(
+        "U-Net + mean teacher",
+        False,
+        False,
+        False,
+        mean_teacher=True,
+        base="unet",
+        configs=("segmentation.json", "segmentation_mean_teacher.json"),
+        segmentation=True,
+    ),
+    "double_unet": Variant(
+        "Double U-Net (pixel-level)",
+        False,
+        False,
+        False,
+        configs=("segmentation.json", "double_unet.json"),
+        segmentation=True,
+    ),
 }
 TABLE4_VARIANTS = ("fpn", "fpn_global", "lfpn", "malignet", "malignet_st")
 # planned only when asked for (``variants``), then in every sweep beside the row without the teacher
 MEAN_TEACHER_VARIANTS = ("fpn_mt", "malignet_mt")
+# planned only when asked for (``variants``), in the Table 4 sweep: the related work's baselines
+SEGMENTATION_VARIANTS = ("unet", "unet_mt", "double_unet")
 VARIANT_COLORS = {
     "fpn": "black",
     "fpn_global": "tab:orange",
@@ -136,6 +164,9 @@ VARIANT_COLORS = {
     "malignet_st": "tab:purple",
     "fpn_mt": "tab:brown",
     "malignet_mt": "tab:cyan",
+    "unet": "tab:gray",
+    "unet_mt": "tab:olive",
+    "double_unet": "tab:pink",
 }
 SWEEPS = ("table4", "labeled", "unlabeled", "why")
 DEFAULT_SWEEPS = ("table4", "labeled", "unlabeled")  # "why" is the follow-up investigation, run on demand
@@ -175,6 +206,13 @@ REPORTED_METRICS = {
     "test_pixel_dice": "pixel Dice",
     "test_best_mean_f1": "mean F1 at the best threshold (optimistic)",
 }
+# the pixel protocol of the related work (segmentation_evaluate.json): lesion pixels of any class and the
+# malignant class against the rest; a detector's lesions are painted at its validation-chosen threshold
+PIXEL_METRICS = {
+    f"test_pixel_{group}_{score}": f"pixel {name} {label}"
+    for group, label in (("lesion", "(any lesion)"), ("malignant", "(malignant vs rest)"))
+    for score, name in (("dice", "DSC"), ("precision", "CPA"), ("sensitivity", "recall"))
+}
 # what the plots show: the thresholded headline metric and the threshold-free ranking one
 PLOTTED_METRICS = {"test_mean_f1": "test mean F1 at 0.7", "test_ap50": "test AP50"}
 
@@ -201,8 +239,12 @@ class Profile:
         mean_teacher: overrides of the mean-teacher rows (burn-in and EMA decay sized to ``iterations``;
             :func:`with_steps` rescales them with the budget).
         config_files: bundle config files (names in ``configs/``) merged after the row's, before the run's
-            overrides (``cpu``: ``cpu.json``'s speed settings, RPN top-N 600/300 and bf16 autocast where the
-            CPU has native bf16 kernels).
+            overrides (``cpu``: ``cpu.json``'s speed settings, bf16 autocast where the CPU has native bf16
+            kernels).
+        generator_version: the synthetic generator version of the profile's dataset (``data/synthesize.py``);
+            a dataset made by another version is refused, and each result records the version it trained on.
+        segmentation: overrides of the pixel-level rows, per config file they merge (``{"double_unet.json":
+            {"segmentation_features": [...]}}``), applied in the row's merge order.
     """
 
     name: str
@@ -221,6 +263,16 @@ class Profile:
     extra: dict[str, Any] = field(default_factory=dict)
     mean_teacher: dict[str, Any] = field(default_factory=dict)
     config_files: tuple[str, ...] = ()
+    generator_version: int = 1
+    segmentation: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def data_name(self) -> str:
+        """The default folder name of the profile's dataset and runs: ``<name>-v<generator version>``.
+
+        Runs of one generator version never resume from, or get skipped for, another's.
+        """
+        return f"{self.name}-v{self.generator_version}"
 
 
 def _scaled_anchors(image_size: int) -> list[list[int]]:
@@ -245,13 +297,14 @@ PROFILES: dict[str, Profile] = {
         chest_epochs=30,
         # Unbiased Teacher's COCO 1 % schedule: 2000 burn-in steps, decay 0.9996 (mean_teacher.json's defaults)
         mean_teacher={"mean_teacher_burn_in": 2000, "ema_decay": 0.9996},
+        generator_version=2,
     ),
     "cpu": Profile(
         name="cpu",
         description=(
             "CPU-sized: ResNet-18 backbone, 64-channel pyramid, 256-wide box head, 192 px chest crops, "
-            "batch 4, configs/cpu.json's speed settings (RPN top-N 600/300 in training, bf16 autocast on CPUs "
-            "with native bf16 kernels) (thesis: ResNet-50, 256 channels, 1024, 320 px, batch 16)"
+            "batch 4, configs/cpu.json's speed settings (bf16 autocast on CPUs with native bf16 kernels), "
+            "synthetic generator version 2 (thesis: ResNet-50, 256 channels, 1024, 320 px, batch 16)"
         ),
         dataset={"labeled": 32, "unlabeled": 320, "validation": 10, "test": 30, "seed": 2024},
         network={
@@ -276,6 +329,9 @@ PROFILES: dict[str, Profile] = {
         # 0.9996 would leave the teacher mostly the burnt-in student at the end
         mean_teacher={"mean_teacher_burn_in": 800, "ema_decay": 0.99875},
         config_files=("cpu.json",),
+        # the gamma-camera generator, whose scans match real ones (docs/BENCHMARKS.md, realism); Results 1-3
+        # and the learning curves were read on version 1
+        generator_version=2,
     ),
     "smoke": Profile(
         name="smoke",
@@ -299,6 +355,11 @@ PROFILES: dict[str, Profile] = {
         unlabeled_fractions=(0.0, 1.0),
         chest_epochs=1,
         mean_teacher={"mean_teacher_burn_in": 1, "ema_decay": 0.5},
+        generator_version=2,
+        segmentation={
+            "segmentation.json": {"segmentation_features": [8, 8, 16, 32, 64, 8]},
+            "double_unet.json": {"segmentation_features": [8, 16, 32]},
+        },
     ),
 }
 
@@ -387,7 +448,8 @@ def plan_runs(
     sweep trains each :data:`VARIATIONS` change (or only ``variations``) next to the unchanged runs it is
     compared with. A self-training run is preceded by its teacher. The :data:`MEAN_TEACHER_VARIANTS` are
     planned only when ``variants`` names them, and then in every sweep: Table 4's rows, the labeled and the
-    unlabeled sweep's points, and the ``why`` sweep's unchanged references.
+    unlabeled sweep's points, and the ``why`` sweep's unchanged references. The pixel-level
+    :data:`SEGMENTATION_VARIANTS` are planned only when ``variants`` names them, beside Table 4's rows.
     """
     unknown = [s for s in sweeps if s not in SWEEPS]
     if unknown:
@@ -399,11 +461,12 @@ def plan_runs(
     if unknown_variants:
         raise ValueError(f"unknown variants {unknown_variants}; choose from {list(VARIANTS)}")
     teachers = tuple(v for v in MEAN_TEACHER_VARIANTS if v in (variants or ()))
+    pixel_level = tuple(v for v in SEGMENTATION_VARIANTS if v in (variants or ()))
     runs: list[RunSpec] = []
     for seed in profile.seeds if seeds is None else seeds:
         wanted: list[RunSpec] = []
         if "table4" in sweeps:
-            wanted += [RunSpec(v, seed) for v in (*TABLE4_VARIANTS, *teachers)]
+            wanted += [RunSpec(v, seed) for v in (*TABLE4_VARIANTS, *teachers, *pixel_level)]
         if "labeled" in sweeps:
             pairs = ("fpn", "malignet", *teachers)
             wanted += [RunSpec(v, seed, f) for f in profile.labeled_fractions for v in pairs]
@@ -421,17 +484,57 @@ def plan_runs(
     return runs
 
 
+def dataset_generator_version(dataset_dir: Path) -> int | None:
+    """The synthetic generator version recorded in ``dataset_dir/dataset.json``; None for other data.
+
+    Raises:
+        ValueError: for a ``dataset.json`` that cannot be read, naming the file and the reason.
+    """
+    path = Path(dataset_dir) / "dataset.json"
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable dataset summary ({e})") from e
+    # datasets written before versions were named were all made by version 1
+    return int(summary.get("generator_version", 1)) if isinstance(summary, dict) else None
+
+
 def prepare_dataset(profile: Profile, dataset_dir: Path, chest_detector: Path, metadata: Path) -> None:
-    """Synthesise the profile's dataset and train its chest detector unless they are already there."""
+    """Synthesise the profile's dataset and train its chest detector unless they are already there.
+
+    Raises:
+        ValueError: when ``dataset_dir`` holds a synthetic dataset of another generator version than the
+            profile's, naming its ``dataset.json``: its runs would be read as the profile's.
+    """
     from malignet_bundle.data.class_map import ClassMap
     from malignet_bundle.data.synthesize import write_dataset
     from malignet_bundle.engines.chest_detector import train_chest_detector
 
-    if not (dataset_dir / "datalist.json").is_file():
+    if (dataset_dir / "datalist.json").is_file():
+        version = dataset_generator_version(dataset_dir)
+        if version is not None and version != profile.generator_version:
+            raise ValueError(
+                f"{dataset_dir / 'dataset.json'}: made by synthetic generator version {version}, the "
+                f"{profile.name} profile trains on version {profile.generator_version}; give another --dataset_dir"
+            )
+    else:
         splits = {k: v for k, v in profile.dataset.items() if k != "seed"}
-        logger.info("synthesising the %s-profile dataset in %s: %s", profile.name, dataset_dir, splits)
+        logger.info(
+            "synthesising the %s-profile dataset (generator version %d) in %s: %s",
+            profile.name,
+            profile.generator_version,
+            dataset_dir,
+            splits,
+        )
         write_dataset(
-            dataset_dir, **splits, seed=profile.dataset["seed"], workers=min(4, os.cpu_count() or 1), progress=True
+            dataset_dir,
+            **splits,
+            seed=profile.dataset["seed"],
+            workers=min(4, os.cpu_count() or 1),
+            progress=True,
+            version=profile.generator_version,
         )
     if not chest_detector.is_file():
         logger.info("training the chest detector for %s (%d epochs)", dataset_dir, profile.chest_epochs)
@@ -483,8 +586,13 @@ def config_files(run: RunSpec, profile: Profile | None = None) -> list[Path]:
     Returns:
         ``train.json``, then ``baseline.json`` without the ladder, ``self_training.json`` or
         ``mean_teacher.json`` for those methods, the variant's own :attr:`Variant.configs`, the profile's.
+        A pixel-level row: ``train.json``, the profile's, then its own (``segmentation.json`` replaces the
+        detector that the profile's speed settings size).
     """
     variant = VARIANTS[run.variant]
+    profile_files = [CONFIG_DIR / name for name in profile.config_files] if profile is not None else []
+    if variant.segmentation:
+        return [CONFIG_DIR / "train.json", *profile_files, *(CONFIG_DIR / name for name in variant.configs)]
     files = [CONFIG_DIR / "train.json"]
     if not variant.ladder:
         files.append(CONFIG_DIR / "baseline.json")
@@ -493,9 +601,7 @@ def config_files(run: RunSpec, profile: Profile | None = None) -> list[Path]:
     if variant.mean_teacher:
         files.append(CONFIG_DIR / "mean_teacher.json")
     files += [CONFIG_DIR / name for name in variant.configs]
-    if profile is not None:
-        files += [CONFIG_DIR / name for name in profile.config_files]
-    return files
+    return files + profile_files
 
 
 _config_files = config_files  # the name experiments/learning_curve.py imports
@@ -530,12 +636,14 @@ def load_study_results(results_dir: Path, profile: Profile) -> list[dict[str, An
         profile: the profile (name and ``iterations`` select the folders).
 
     Returns:
-        The results, ordered by path (machine, then run).
+        The results, ordered by path (machine, then run); those trained on another synthetic generator version
+        than the profile's are left out (with a warning), so data versions never mix in one report.
 
     Raises:
         ValueError: for a file that is not a readable result, naming the file and the reason.
     """
     results = []
+    other_versions: list[str] = []
     for path in sorted(results_dir.glob(f"*/{profile.name}/steps{profile.iterations}/*.json")):
         try:
             result = json.loads(path.read_text(encoding="utf-8"))
@@ -545,7 +653,19 @@ def load_study_results(results_dir: Path, profile: Profile) -> list[dict[str, An
             raise ValueError(f"{path}: not a benchmark result (no 'run' and 'metrics')")
         if result.get("steps", profile.iterations) != profile.iterations:
             raise ValueError(f"{path}: trained for {result['steps']} steps, kept under steps{profile.iterations}")
+        # results from before versions were recorded were trained on version 1
+        version = result.get("generator_version", 1)
+        if version is not None and version != profile.generator_version:
+            other_versions.append(path.name)
+            continue
         results.append(result)
+    if other_versions:
+        logger.warning(
+            "left out %d results of another synthetic generator version than %d: %s",
+            len(other_versions),
+            profile.generator_version,
+            ", ".join(other_versions),
+        )
     return results
 
 
@@ -644,13 +764,24 @@ def run_overrides(
         "batch_size": profile.batch_size,
         "image_size": profile.image_size,
         "warmup_iterations": profile.warmup_iterations,
-        "network_def#global_features": variant.global_features,
-        "network_def#anchor_sizes": _scaled_anchors(profile.image_size),
-        **{f"network_def#{k}": v for k, v in profile.network.items()},
-        **profile.extra,
-        **(profile.mean_teacher if variant.mean_teacher else {}),
-        **variation.overrides,
     }
+    if variant.segmentation:
+        for name in variant.configs:
+            overrides.update(profile.segmentation.get(name, {}))
+        if variant.mean_teacher:
+            # the student learns from labels before the consistency term reaches full strength (at 40 % of
+            # the budget, whatever the budget), and the teacher averages about the last 100 steps
+            overrides.update({"consistency_ramp_up": max(1, round(0.4 * iterations)), "ema_decay": 0.99})
+    else:
+        overrides.update(
+            {
+                "network_def#global_features": variant.global_features,
+                "network_def#anchor_sizes": _scaled_anchors(profile.image_size),
+                **{f"network_def#{k}": v for k, v in profile.network.items()},
+                **(profile.mean_teacher if variant.mean_teacher else {}),
+            }
+        )
+    overrides.update({**profile.extra, **variation.overrides})
     if variant.unlabeled and not datalist["unlabeled"]:
         overrides["train#trainer#unlabeled_data_loader"] = None
         overrides["train#unlabeled_dataset#data"] = []
@@ -826,7 +957,10 @@ def execute_run(
     override_file = run_dir / "overrides.json"
     write_json_atomic(overrides, override_file)
     files = [*config_files(run, profile), override_file]
-    evaluation_files = [*files[:-1], CONFIG_DIR / "evaluate.json", override_file]
+    # every row is read by both protocols: the lesion tables (evaluate.json) and the pixel protocol of the
+    # related work (segmentation_evaluate.json paints a detector's lesions at its operating threshold)
+    evaluation_files = [*files[:-1], CONFIG_DIR / "evaluate.json", CONFIG_DIR / "segmentation_evaluate.json"]
+    evaluation_files.append(override_file)
     # evaluation only: evaluate.json's ids, which the training configs do not have
     evaluation_file = run_dir / "evaluation_overrides.json"
     write_json_atomic(_matching_overrides(evaluation_files, matching), evaluation_file)
@@ -845,12 +979,17 @@ def execute_run(
     trained = time.perf_counter()
     run_workflow([*evaluation_files, evaluation_file], "evaluating", tracking)
     evaluation = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
-    metrics = evaluation["metrics"]
+    metrics = dict(evaluation["metrics"])
+    pixel_file = run_dir / "evaluation" / "pixel_metrics.json"  # segmentation_evaluate.json's pixel protocol
+    if pixel_file.is_file():
+        pixel = json.loads(pixel_file.read_text())["metrics"]
+        metrics.update({k: v for k, v in pixel.items() if k not in metrics})
     result = {
         "run": asdict(run),
         "name": run.name,
         "profile": profile.name,
         "steps": profile.iterations,
+        "generator_version": dataset_generator_version(dataset_dir),
         "iterations": overrides["epochs"] * overrides["train#trainer#epoch_length"],
         "labeled_views": len(datalist["labeled"]),
         "unlabeled_views": len(datalist["unlabeled"]) if VARIANTS[run.variant].unlabeled else 0,
@@ -914,7 +1053,7 @@ def aggregate(results: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "unlabeled_views": members[0]["unlabeled_views"],
             "seeds": sorted(m["run"]["seed"] for m in members),
         }
-        for key in (*REPORTED_METRICS, *MATCHING_METRICS):
+        for key in (*REPORTED_METRICS, *MATCHING_METRICS, *PIXEL_METRICS):
             values = np.array([_metric_value(m, key) for m in members], dtype=float)
             row[key] = float(np.mean(values))
             row[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
@@ -1305,6 +1444,17 @@ def _machine_sections(
             _table(table4, "row", lambda r: r["row"], MATCHING_METRICS, minutes=False),
             "",
         ]
+        pixel = [r for r in table4 if not all(math.isnan(r[k]) for k in PIXEL_METRICS)]
+        if pixel:
+            parts += [
+                f"{level} Pixel protocol (the related work's DSC, CPA and recall)",
+                "",
+                "Per-pixel over the test views, lesion pixels of any class and the malignant class against the "
+                "rest; an instance model's masks are painted at its validation-chosen threshold.",
+                "",
+                _table(pixel, "row", lambda r: r["row"], PIXEL_METRICS, minutes=False),
+                "",
+            ]
     if any(labeled.values()):
         flat = [r for v in labeled.values() for r in v]
         parts += [
