@@ -17,9 +17,13 @@ from malignet_bundle.experiments.ssl_benchmark import (
     RunSpec,
     _matching_overrides,
     aggregate,
+    config_files,
+    load_study_results,
     machine_slug,
     plan_runs,
+    prepare_dataset,
     run_overrides,
+    study_result_path,
     subset_datalist,
     write_report,
 )
@@ -184,6 +188,50 @@ def test_overrides_wire_the_variant(tmp_path):
     assert st["train#trainer#epoch_length"] == 2 and st["epochs"] == 1
 
 
+def test_pixel_level_rows_replace_the_detector_after_the_profiles_speed_settings(tmp_path):
+    cpu = PROFILES["cpu"]
+    assert plan_runs(cpu, ["table4"], seeds=[0], variants=["unet"]) == [RunSpec("unet", 0)]
+    assert not any(r.variant.endswith("unet") or r.variant == "unet_mt" for r in plan_runs(cpu, seeds=[0]))
+    names = {v: [f.name for f in config_files(RunSpec(v, 0), cpu)] for v in ("unet", "unet_mt", "double_unet")}
+    # cpu.json sizes the detector's network_def: segmentation.json, merged after it, replaces that whole
+    assert names["unet"] == ["train.json", "cpu.json", "segmentation.json"]
+    assert names["unet_mt"] == ["train.json", "cpu.json", "segmentation.json", "segmentation_mean_teacher.json"]
+    assert names["double_unet"] == ["train.json", "cpu.json", "segmentation.json", "double_unet.json"]
+    assert RunSpec("unet", 0, 1.0, 1.0).unlabeled_fraction == 0.0  # a plain U-Net reads no unlabeled scans
+    datalist = _datalist(2)
+    kwargs = dict(dataset_dir=tmp_path, run_dir=tmp_path / "runs" / "x", chest_detector=tmp_path / "c.pt")
+    smoke = PROFILES["smoke"]
+    teacher = run_overrides(RunSpec("unet_mt", 0), cpu, cache_dir=tmp_path, datalist=datalist, **kwargs)
+    assert not any(key.startswith("network_def#") for key in teacher)  # no anchors, backbone or global features
+    assert "mean_teacher_burn_in" not in teacher  # the detector teacher's schedule is not the U-Net's
+    assert teacher["consistency_ramp_up"] == round(0.4 * cpu.iterations) and teacher["ema_decay"] == 0.99
+    assert teacher["train#unlabeled_dataset"]["_target_"] == "PersistentDataset"  # it reads unlabeled crops
+    double = run_overrides(RunSpec("double_unet", 0), smoke, cache_dir=tmp_path, datalist=datalist, **kwargs)
+    assert double["segmentation_features"] == [8, 16, 32]  # double_unet.json's entry wins over segmentation.json's
+
+
+def test_data_of_another_generator_version_is_refused_and_never_reported(tmp_path):
+    smoke = PROFILES["smoke"]
+    dataset = tmp_path / "data"
+    dataset.mkdir()
+    (dataset / "datalist.json").write_text(json.dumps(_datalist(1)))
+    (dataset / "dataset.json").write_text(json.dumps({"generator_version": 1}))
+    with pytest.raises(ValueError, match=r"dataset\.json: made by synthetic generator version 1"):
+        prepare_dataset(smoke, dataset, tmp_path / "chest.pt", CONFIG_DIR / "metadata.json")
+    assert not (tmp_path / "chest.pt").exists()  # refused before any training
+    results = tmp_path / "study"
+    for version, seed in ((2, 0), (1, 1), (None, 2)):
+        run = RunSpec("fpn", seed)
+        result = {"run": {"variant": "fpn", "seed": seed}, "name": run.name, "metrics": {}, "steps": 2}
+        if version is not None:
+            result["generator_version"] = version
+        path = study_result_path(results, "machine A", smoke, run)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result))
+    # version 2 kept; version 1 and a result from before versions were recorded (version 1) left out
+    assert [r["name"] for r in load_study_results(results, smoke)] == ["fpn-l1-s0"]
+
+
 def test_aggregate_mean_and_sample_sd():
     results = [
         {
@@ -272,3 +320,25 @@ def test_smoke_profile_end_to_end_and_resumes(tmp_path):
     rebuilt = run_script("benchmark_ssl", *args, "--report_only")
     assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
     assert len(json.loads((out / "results.json").read_text())["runs"]) == 16
+
+
+def test_smoke_profile_reads_the_pixel_level_rows_by_both_protocols(tmp_path):
+    out, data = tmp_path / "out", tmp_path / "data"
+    args = ("--profile", "smoke", "--output_dir", out, "--dataset_dir", data, "--sweeps", "table4", "--seeds", "0")
+    done = run_script("benchmark_ssl", *args, "--variants", "unet_mt,double_unet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((data / "dataset.json").read_text())["generator_version"] == PROFILES["smoke"].generator_version
+    report = json.loads((out / "results.json").read_text())
+    runs = {r["name"]: r for r in report["runs"]}
+    assert set(runs) == {"unet_mt-l1-u1-s0", "double_unet-l1-s0"}
+    teacher = runs["unet_mt-l1-u1-s0"]
+    assert teacher["config_files"] == ["train.json", "segmentation.json", "segmentation_mean_teacher.json"]
+    assert teacher["unlabeled_views"] == 8 and teacher["generator_version"] == 2
+    for result in runs.values():
+        metrics = result["metrics"]
+        # the lesion protocol from the label map's regions, and the pixel protocol beside it
+        assert np.isfinite(metrics["test_ap50"]) and np.isfinite(metrics["test_mean_f1_per_class_matching"])
+        for group in ("lesion", "malignant"):
+            assert 0.0 <= metrics[f"test_pixel_{group}_dice"] <= 1.0
+    markdown = (out / "results.md").read_text()
+    assert "Pixel protocol" in markdown and "| Double U-Net (pixel-level) | 1 |" in markdown

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 from monai.networks.nets import BasicUNet
 
+from malignet_bundle.data.datalist import load_datalist
 from malignet_bundle.metrics.label_instances import label_map_to_instances, semantic_detections
 from malignet_bundle.metrics.pixel import (
     SemanticPixelMetrics,
@@ -21,6 +23,7 @@ from malignet_bundle.metrics.pixel import (
 )
 from malignet_bundle.networks.double_unet import DoubleUNet
 from malignet_bundle.networks.segmentation import SemanticSegmenter
+from malignet_bundle.outputs.dicom_seg import read_dicom_seg_masks
 from malignet_bundle.semi_supervised.segmentation_mean_teacher import SegmentationMeanTeacher, sigmoid_ramp_up
 from malignet_bundle.transforms.label_maps import InstanceLabelMapd, instance_label_map, prepare_segmentation_batch
 
@@ -220,7 +223,6 @@ TINY_UNET = ("--segmentation_features", "[8,8,16,32,64,8]")
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, class_map):
-    from malignet_bundle.data.datalist import load_datalist
     from malignet_bundle.data.synthesize import write_dataset
     from malignet_bundle.engines.chest_detector import train_chest_detector
 
@@ -345,3 +347,30 @@ def test_segmentation_evaluate_json_scores_a_detector_on_the_same_pixel_scale(ti
     pixels = json.loads((out / "evaluation" / "pixel_metrics.json").read_text())
     assert pixels["detail"]["images"] == 2 and "test_pixel_malignant_dice" in pixels["metrics"]
     assert np.asarray(pixels["detail"]["confusion"]).sum() == 2 * 96 * 96
+
+
+def test_inference_json_serves_a_unet_through_the_bundle_runner(tiny, class_map):
+    """train.json, inference.json, then segmentation.json: the whole-body outputs of MaligNet, from a U-Net."""
+    model_dir = tiny / "infer_unet"
+    model_dir.mkdir()
+    torch.manual_seed(0)
+    unet = _unet(class_map)
+    torch.save(unet.state_dict(), model_dir / "model.pt")
+    shutil.copy(tiny / "chest.pt", model_dir / "chest_detector.pt")
+    out = tiny / "infer_unet_out"
+    configs = ("train.json", "inference.json", "segmentation.json")
+    extra = (*TINY_UNET, "--output_dir", str(out), "--score_threshold", "0.0")
+    result = _run(tiny, "infer_unet", *configs, extra=extra, run_id="run")
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    (study,) = load_datalist(tiny / "data" / "datalist.json")["test"]
+    folder = out / study["patient_id"]
+    report = json.loads((folder / "report.json").read_text())
+    assert report["model"]["checkpoint"] == str(model_dir / "model.pt")
+    assert [view["view"] for view in report["views"]] == ["anterior", "posterior"]
+    # an untrained U-Net at threshold 0 paints lesions: every one is reported, scored by its mean probability
+    assert report["lesions"] and all(0.0 <= lesion["score"] <= 1.0 for lesion in report["lesions"])
+    assert {lesion["class_name"] for lesion in report["lesions"]} <= set(class_map.names)
+    _, _, masks = read_dicom_seg_masks(folder / "seg_anterior.dcm")
+    assert masks.shape == (1024, 256, class_map.num_classes)
+    assert (folder / "overlay.png").read_bytes()[:4] == b"\x89PNG"
