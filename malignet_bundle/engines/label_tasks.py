@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from malignet_bundle.atomic_io import write_json_atomic
@@ -24,10 +25,16 @@ from malignet_bundle.data.class_map import ClassMap
 from malignet_bundle.data.label_store import datalist_from_label_maps
 from malignet_bundle.engines.inference import load_weights, predict_studies
 from malignet_bundle.engines.operating_point import OperatingPoint, copy_model, read_operating_point
+from malignet_bundle.networks.selection import (
+    DEFAULT_NETWORK,
+    check_network,
+    inference_config_files,
+    training_config_files,
+)
 from malignet_bundle.outputs.label_map import study_label_map, write_label_map
 from malignet_bundle.outputs.report import build_report
 
-__all__ = ["infer_study", "train_on_datastore", "validation_f1", "load_overrides"]
+__all__ = ["NetworkMismatchError", "infer_study", "train_on_datastore", "validation_f1", "load_overrides"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,22 +43,83 @@ def _config(bundle_root: Path, name: str) -> Path:
     return bundle_root / "configs" / name
 
 
-def _applicable(overrides: Mapping[str, Any] | None, config: Path) -> dict[str, Any]:
-    """The overrides whose parent id exists in ``config``.
+class NetworkMismatchError(ValueError):
+    """Weights that are not of the network the configs build: e.g. a MaligNet ``model.pt`` served as a U-Net."""
+
+
+def _applicable(overrides: Mapping[str, Any] | None, configs: Sequence[Path]) -> dict[str, Any]:
+    """The overrides whose parent id exists in ``configs`` (merged in order).
 
     One overrides file serves training and inference, and e.g. ``train#…`` keys have no place in
     ``inference.json``.
     """
     parser = ConfigParser()
-    parser.read_config(str(config))
+    parser.read_config([str(config) for config in configs])
     kept = {}
     for key, value in (overrides or {}).items():
         parent = key.rsplit("#", 1)[0] if "#" in key else None
         if parent is None or parent in parser:
             kept[key] = value
         else:
-            logger.debug("override %s does not apply to %s", key, config.name)
+            logger.debug("override %s does not apply to %s", key, " + ".join(c.name for c in configs))
     return kept
+
+
+def _weights_mismatch(network: torch.nn.Module, weights: Path) -> str | None:
+    """How the tensors of ``weights`` differ from ``network``'s, in a line; None when they fit (or cannot be read).
+
+    What ``load_state_dict`` would list key by key (hundreds of names for another network), counted.
+    """
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception:  # not a checkpoint at all: the loader's own error names the file and says so
+        return None
+    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+        state = state["model"]
+    if not isinstance(state, Mapping):
+        return None
+    module = network.module if hasattr(network, "module") else network
+    expected = module.state_dict()
+    missing = [key for key in expected if key not in state]
+    foreign = [key for key in state if key not in expected]
+    reshaped = [
+        key
+        for key in expected
+        if key in state and hasattr(state[key], "shape") and tuple(state[key].shape) != tuple(expected[key].shape)
+    ]
+    if not (missing or foreign or reshaped):
+        return None
+    first = (missing or foreign or reshaped)[0]
+    return (
+        f"{len(missing)} of the network's {len(expected)} tensors are missing from the file, {len(foreign)} of its "
+        f"{len(state)} are not the network's, {len(reshaped)} have another shape (first: {first!r})"
+    )
+
+
+def _check_weights_fit(
+    network: torch.nn.Module, weights: Path, network_name: str, configs: Sequence[Path], error: BaseException
+) -> None:
+    """Raise :class:`NetworkMismatchError` (from ``error``) when ``weights`` are not of ``network``'s kind.
+
+    Raises:
+        NetworkMismatchError: naming the file, the network and what differs.
+    """
+    mismatch = _weights_mismatch(network, weights)
+    if mismatch is None:
+        return
+    raise NetworkMismatchError(
+        f"{weights}: not weights of network {network_name!r} as {' + '.join(c.name for c in configs)} (and the "
+        f"overrides) build it: {mismatch}. Serve a model with the network and size it was trained with "
+        f"(MONAI Label: --conf network, --conf overrides), or train this network from scratch"
+    ) from error
+
+
+def _parsed_network(parser: ConfigParser) -> torch.nn.Module | None:
+    """The config's ``network`` as already built (after a failed ``initialize``), or None if it cannot be."""
+    try:
+        return parser.get_parsed_content("network")
+    except Exception:  # the network itself failed to build: that error stands
+        return None
 
 
 def infer_study(
@@ -62,11 +130,15 @@ def infer_study(
     overrides: Mapping[str, Any] | None = None,
     score_threshold: float | None = None,
     device: str | None = None,
+    network: str = DEFAULT_NETWORK,
 ) -> dict[str, Any]:
     """Run ``configs/inference.json``'s evaluator on one study file; write ``label.nii.gz`` and ``result.json``.
 
     The bundle's inference workflow (its ``initialize`` loads the weights) without its file writers: the
-    study's prediction becomes a class label map of the whole file and a lesion list instead.
+    study's prediction becomes a class label map of the whole file and a lesion list instead. MaligNet runs
+    ``inference.json`` alone; another network ``train.json``, ``inference.json`` and its own configs
+    (:func:`~malignet_bundle.networks.selection.inference_config_files`): a pixel-level network's label map
+    is its argmax inside each chest crop, and each region one lesion scored by its mean foreground probability.
 
     Args:
         image: the study's DICOM NM file (one or two views).
@@ -77,6 +149,7 @@ def infer_study(
         score_threshold: detection confidence kept; None (the default): the served model's operating
             threshold, stored beside it in ``model.json`` when it was trained (0.7, thesis Table 11, without one).
         device: ``"cuda"``/``"cpu"``; default: the config's (cuda when there is one).
+        network: the served network, one of :data:`~malignet_bundle.networks.selection.NETWORKS`.
 
     Returns:
         The result: ``label_names``, ``shape`` (frames, rows, columns), ``score_threshold`` (the one used),
@@ -85,8 +158,12 @@ def infer_study(
 
     Raises:
         InputFileError: naming the file and the reason, when the study cannot be read.
+        NetworkMismatchError: naming ``model.pt`` and the network, when the served weights are another
+            network's (or another size's).
+        ValueError: for an unknown network.
     """
     bundle_root, output_dir = Path(bundle_root), Path(output_dir)
+    configs = inference_config_files(network, bundle_root / "configs")
     paths: dict[str, Any] = {
         "bundle_root": str(bundle_root),
         "ckpt_dir": str(ckpt_dir),
@@ -97,14 +174,21 @@ def infer_study(
     if device:
         paths["device"] = f"$torch.device('{device}')"
     workflow = ConfigWorkflow(
-        config_file=str(_config(bundle_root, "inference.json")),
+        config_file=[str(config) for config in configs],
         # the class map and class count come from the metadata ID (``@_meta_``)
         meta_file=str(_config(bundle_root, "metadata.json")),
         logging_file=False,
         workflow_type="infer",
-        **{**paths, **_applicable(overrides, _config(bundle_root, "inference.json"))},
+        **{**paths, **_applicable(overrides, configs)},
     )
-    workflow.initialize()
+    try:
+        workflow.initialize()  # builds the network and loads model.pt into it
+    except Exception as e:
+        built = _parsed_network(workflow.parser)
+        if built is not None:
+            checkpoint = Path(workflow.parser.get_parsed_content("checkpoint"))
+            _check_weights_fit(built, checkpoint, network, configs, e)
+        raise
     (prediction,) = predict_studies(workflow.evaluator)
     operating_point: OperatingPoint = workflow.parser.get_parsed_content("operating_point")
     class_map: ClassMap = workflow.parser.get_parsed_content("class_map")
@@ -146,8 +230,13 @@ def train_on_datastore(
     validation_fraction: float = 0.2,
     from_scratch: bool = False,
     tracking: str | None = None,
+    network: str = DEFAULT_NETWORK,
 ) -> dict[str, Any]:
-    """Fine-tune MaligNet on a datastore's final labels plus its unlabeled studies; serve it unless it is worse.
+    """Fine-tune a network on a datastore's final labels plus its unlabeled studies; serve it unless it is worse.
+
+    The network is MaligNet unless told (``network``: its config files merged after ``train.json``, then the
+    overrides, :func:`~malignet_bundle.networks.selection.training_config_files`); the semi-supervised method
+    comes with the overrides (:func:`~malignet_bundle.semi_supervised.selection.method_overrides`).
 
     The new model (the training's best by validation mean F1) replaces the served ``model.pt`` only when its
     validation mean F1 is not worse than the served model's, both evaluated by :func:`validation_f1` on this
@@ -169,6 +258,7 @@ def train_on_datastore(
         validation_fraction: annotated studies held out to pick the best epoch.
         from_scratch: ignore the served weights.
         tracking: ``"mlflow"`` to log the run (store in ``work_dir``), else None.
+        network: the network trained and served, one of :data:`~malignet_bundle.networks.selection.NETWORKS`.
 
     Returns:
         ``replaced`` (bool), ``candidate`` (the kept model's path, or None), ``decision`` (why, in words),
@@ -180,8 +270,12 @@ def train_on_datastore(
 
     Raises:
         RuntimeError: when the training saved no model (no validation ran).
+        NetworkMismatchError: naming ``model.pt`` and the network, when the served weights to start from are
+            another network's (or another size's).
+        ValueError: for an unknown network.
     """
     bundle_root, work_dir, ckpt_dir = Path(bundle_root), Path(work_dir), Path(ckpt_dir)
+    network_configs = training_config_files(check_network(network), bundle_root / "configs")
     class_map = ClassMap.from_metadata(_config(bundle_root, "metadata.json"))
     labeled = [tuple(entry) for entry in manifest.get("labeled", [])]
     unlabeled = [tuple(entry) for entry in manifest.get("unlabeled", [])]
@@ -189,7 +283,7 @@ def train_on_datastore(
     served = ckpt_dir / "model.pt"
     start = "" if from_scratch or not served.is_file() else str(served)
     config = {
-        **_applicable(overrides, _config(bundle_root, "train.json")),
+        **_applicable(overrides, network_configs),
         "bundle_root": str(bundle_root),
         "dataset_dir": str(work_dir),
         "data_list_file_path": str(work_dir / "datalist.json"),
@@ -216,14 +310,21 @@ def train_on_datastore(
         start or "scratch",
         work_dir,
     )
+    config_files = [*(str(config) for config in network_configs), str(work_dir / "overrides.json")]
     workflow = ConfigWorkflow(
-        config_file=[str(_config(bundle_root, "train.json")), str(work_dir / "overrides.json")],
+        config_file=config_files,
         meta_file=str(_config(bundle_root, "metadata.json")),
         logging_file=str(_config(bundle_root, "logging.conf")),
         run_id="training",
         tracking=tracking or None,
     )
-    workflow.initialize()
+    try:
+        workflow.initialize()  # loads the served model.pt as the start unless from_scratch
+    except Exception as e:
+        built = _parsed_network(workflow.parser) if start else None
+        if built is not None:
+            _check_weights_fit(built, Path(start), network, network_configs, e)
+        raise
     workflow.run()
     best = float(workflow.parser.get_parsed_content("validate#evaluator").state.best_metric)
     workflow.finalize()
@@ -233,14 +334,15 @@ def train_on_datastore(
             f"{trained}: the training saved no best model; validation runs every val_interval epochs, "
             f"so give at least that many epochs (max_epochs={max_epochs})"
         )
-    config_files = [str(_config(bundle_root, "train.json")), str(work_dir / "overrides.json")]
     served_f1, served_error = None, None
     if served.is_file():
         try:
-            served_f1 = validation_f1(config_files, served)
-        except Exception as e:  # e.g. weights of another network than these overrides build
+            served_f1 = validation_f1(config_files, served, network)
+        except NetworkMismatchError as e:  # e.g. a MaligNet served while a U-Net trains from scratch
+            served_error = str(e)
+        except Exception as e:
             served_error = f"{type(e).__name__}: {str(e)[:300]}"
-    trained_f1 = validation_f1(config_files, trained)
+    trained_f1 = validation_f1(config_files, trained, network)
     replace, decision = _replace_decision(trained_f1, served_f1, served_error, len(datalist["validation"]))
     if replace:
         # the server reads the new weights only once they are whole, and their threshold only after them
@@ -272,7 +374,9 @@ def train_on_datastore(
     return result
 
 
-def validation_f1(config_files: Sequence[str | os.PathLike], weights: str | os.PathLike) -> float:
+def validation_f1(
+    config_files: Sequence[str | os.PathLike], weights: str | os.PathLike, network: str = DEFAULT_NETWORK
+) -> float:
     """The key validation metric of a model file on the validation split of a training config.
 
     The training's own evaluator config (``validate#…``: data, transforms, metric, device) with the given
@@ -282,18 +386,24 @@ def validation_f1(config_files: Sequence[str | os.PathLike], weights: str | os.P
     views (the one it would store), not both at a fixed 0.7.
 
     Args:
-        config_files: the training's config files (``train.json`` and its overrides).
+        config_files: the training's config files (``train.json``, the network's configs, the overrides).
         weights: ``model.pt`` (a state dict) or a training checkpoint.
+        network: the name of the network ``config_files`` build, for the error about weights of another.
 
     Raises:
-        RuntimeError: from loading weights that do not fit the configured network.
+        NetworkMismatchError: naming the file and the network, when the weights are another network's.
+        RuntimeError: from loading weights that do not fit the configured network otherwise.
     """
     parser = ConfigParser()
     parser.read_config([str(f) for f in config_files])
     parser["validate#handlers"] = []
     key = next(iter(parser["validate#key_metric"]))
-    network = parser.get_parsed_content("network")
-    load_weights(network, weights)
+    built = parser.get_parsed_content("network")
+    try:
+        load_weights(built, weights)
+    except Exception as e:
+        _check_weights_fit(built, Path(weights), network, [Path(f) for f in config_files], e)
+        raise
     evaluator = parser.get_parsed_content("validate#evaluator")
     evaluator.run()
     return float(evaluator.state.metrics[key])
