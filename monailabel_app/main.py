@@ -1,4 +1,4 @@
-"""MONAI Label app serving MaligNet: pre-annotations of bone-scan lesions, and fine-tuning on what is annotated.
+"""MONAI Label app serving MaligNet (or a pixel-level U-Net): pre-annotations of bone-scan lesions, and fine-tuning.
 
 MONAI Label 0.8.5 and the bundle need different pydicom majors, so this app runs in MONAI Label's own
 environment (``.venv-label``, ``make label``) and hands each request to the bundle's environment
@@ -12,6 +12,14 @@ environment (``.venv-label``, ``make label``) and hands each request to the bund
 - ``overrides``: a JSON file of bundle config overrides for a non-default network (e.g. the ``cpu``
   benchmark's ResNet-18), applied to inference and training alike;
 - ``device``: ``cuda`` or ``cpu`` (default: cuda when there is one);
+- ``network``: the network ``model.pt`` holds and the app serves and trains
+  (``malignet_bundle.networks.selection.NETWORKS``): ``malignet`` (the default), ``unet`` (MONAI's BasicUNet,
+  ``configs/segmentation.json``) or ``double_unet`` (``configs/double_unet.json``). The infer and train tasks
+  are named after it (``POST /infer/unet``); a U-Net's lesions are the regions of its class-per-pixel map, and
+  its train task's ``method`` is ``supervised`` (the default) or ``mean_teacher``
+  (``configs/segmentation_mean_teacher.json``); ``ladder`` is refused. Served weights of another network (or
+  size, ``overrides``) fail with an error naming ``model.pt`` and the network; an unknown name stops the app
+  at start-up;
 - ``work_dir``: where each training keeps its datalist, converted labels and checkpoints
   (default ``<app>/train_runs``).
 
@@ -28,7 +36,6 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from fastapi import HTTPException
@@ -81,18 +88,12 @@ def check_server_host(argv: list[str]) -> None:
 
 
 class MaligNetApp(MONAILabelApp):
-    """MaligNet's infer and semi-supervised train tasks over a folder of whole-body NM DICOM studies."""
+    """The served network's infer and semi-supervised train tasks over a folder of whole-body NM DICOM studies."""
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         check_server_host(sys.argv)
-        bundle_root = Path(conf.get("bundle_root", Path(app_dir).resolve().parent)).resolve()
-        self.runner = BundleRunner(
-            bundle_root=bundle_root,
-            python=conf.get("bundle_python") or str(bundle_root / ".venv" / "bin" / "python"),
-            ckpt_dir=Path(conf.get("ckpt_dir", bundle_root / "models")).resolve(),
-            overrides=conf.get("overrides") or None,
-            device=conf.get("device") or None,
-        )
+        self.runner = BundleRunner.from_conf(conf, app_dir)
+        bundle_root = self.runner.bundle_root
         self.work_dir = conf.get("work_dir") or os.path.join(app_dir, "train_runs")
         metadata = json.loads((bundle_root / "configs" / "metadata.json").read_text())
         channels = metadata["network_data_format"]["outputs"]["pred"]["channel_def"]
@@ -118,12 +119,12 @@ class MaligNetApp(MONAILabelApp):
         return GuardedDatastore(self.studies, self.class_labels.values(), extensions=STUDY_EXTENSIONS)
 
     def init_infers(self) -> dict[str, InferTask]:
-        """One infer task, ``malignet``: chest detection + MaligNet on every view of a study."""
-        return {"malignet": MaligNetInferTask(self.runner, self.class_labels, self.studies)}
+        """One infer task, named after the network (``malignet``): chest detection + the network on every view."""
+        return {self.runner.network: MaligNetInferTask(self.runner, self.class_labels, self.studies)}
 
     def init_trainers(self) -> dict[str, TrainTask]:
-        """One train task, ``malignet``: fine-tuning on the final labels plus every unlabeled study."""
-        return {"malignet": MaligNetTrainTask(self.runner, self.work_dir)}
+        """One train task, named after the network: fine-tuning on the final labels plus every unlabeled study."""
+        return {self.runner.network: MaligNetTrainTask(self.runner, self.work_dir)}
 
     def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
         """Run an infer task on a study of the datastore, named by its id; anything else is refused.
@@ -149,7 +150,7 @@ class MaligNetApp(MONAILabelApp):
         if not validate:
             raise HTTPException(
                 status_code=403,
-                detail="uploading model weights is refused: the served model changes only through the malignet train "
-                "task, and only when the new model is not worse on validation",
+                detail=f"uploading model weights is refused: the served model changes only through the "
+                f"{self.runner.network} train task, and only when the new model is not worse on validation",
             )
         return super().model_file(model, validate)

@@ -1,4 +1,7 @@
-"""MaligNet as a MONAI Label infer task: a study in, a class label map and the lesion list out.
+"""The served network as a MONAI Label infer task: a study in, a class label map and the lesion list out.
+
+The network is MaligNet unless the app's conf says otherwise (``network``: ``unet``, ``double_unet``, the
+pixel-level baselines); the task runs the same way for each, in the bundle's environment.
 
 A custom task rather than MONAI Label's ``BundleInferTask``: that one runs a bundle's ``preprocessing``,
 ``inferer`` and ``postprocessing`` on one image in the server's own process and returns one segmentation.
@@ -21,6 +24,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from lib.bundle import BundleRunner
 from lib.datastore import refusing
 from lib.safety import check_inside
+from malignet_bundle.networks.selection import DESCRIPTIONS
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +32,16 @@ logger = logging.getLogger(__name__)
 class MaligNetInferTask(InferTask):
     """Lesion pre-annotations of one study: label map (class per pixel, stored frames) + lesions as JSON.
 
-    Request params: ``score_threshold`` (default 0.7, thesis Table 11). Each request loads the weights
-    afresh, so a finished training is served at once. Only files inside ``studies`` are read (the app passes
-    the datastore study's file; anything else is refused with 400).
+    Request params: ``score_threshold`` (default 0.7, thesis Table 11; a pixel-level network's lesions are
+    scored by their mean foreground probability). Each request loads the weights afresh, so a finished
+    training is served at once; weights of another network than the runner's fail with the bundle's error
+    naming ``model.pt`` and the network. Only files inside ``studies`` are read (the app passes the datastore
+    study's file; anything else is refused with 400).
+
+    Args:
+        runner: the bundle runner; its ``network`` is the one served.
+        labels: class name → label id.
+        studies: the datastore's folder.
     """
 
     def __init__(self, runner: BundleRunner, labels: dict[str, int], studies: str | os.PathLike) -> None:
@@ -38,7 +49,7 @@ class MaligNetInferTask(InferTask):
             type=InferType.SEGMENTATION,
             labels=labels,
             dimension=2,
-            description="MaligNet: chest detection, then lesion instances with class and score on both views",
+            description=f"chest detection, then on both views {DESCRIPTIONS[runner.network]}",
             config={"score_threshold": 0.7},
         )
         self.runner = runner
