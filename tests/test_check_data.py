@@ -46,6 +46,16 @@ def test_check_reports_every_problem_in_one_pass_and_touches_nothing(synthetic_d
     (ds_dir / "labels" / "SYN00003.json").write_text(json.dumps(coco))
     coco = json.loads((ds_dir / "labels" / "SYN00004.json").read_text())
     coco["categories"][0]["name"] = "tumour of unknown kind"
+    # a lesion of the renamed class, whether or not the generator drew one for this study
+    coco["annotations"].append(
+        {
+            "id": 997,
+            "image_id": 1,
+            "category_id": coco["categories"][0]["id"],
+            "iscrowd": 0,
+            "segmentation": [[100.0, 500.0, 110.0, 500.0, 110.0, 510.0, 100.0, 510.0]],
+        }
+    )
     coco["annotations"].append(
         {
             "id": 999,

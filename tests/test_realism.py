@@ -86,7 +86,7 @@ def test_camera_rejects_impossible_settings():
         GammaCamera().project({}, 40.0, SPACING)
 
 
-def test_version_2_is_deterministic_by_seed_and_version_1_stays_the_default():
+def test_version_2_is_the_deterministic_default_and_version_1_stays_available():
     a, b = synthesize_study([3, 1], "A", version=2), synthesize_study([3, 1], "A", version=2)
     c = synthesize_study([4, 1], "A", version=2)
     for view in ("anterior", "posterior"):
@@ -94,10 +94,10 @@ def test_version_2_is_deterministic_by_seed_and_version_1_stays_the_default():
         np.testing.assert_array_equal(a.masks[view], b.masks[view])
     assert a.acquisition == b.acquisition and a.generator_version == 2
     assert not np.array_equal(a.frames["anterior"], c.frames["anterior"])
-    # the default is version 1, the first generator's pixels
-    assert GENERATOR_VERSION == 1
+    # the default is version 2, the gamma-camera generator's pixels
+    assert GENERATOR_VERSION == 2
     default, v1 = synthesize_study([3, 1], "A"), synthesize_study([3, 1], "A", version=1)
-    np.testing.assert_array_equal(default.frames["anterior"], v1.frames["anterior"])
+    np.testing.assert_array_equal(default.frames["anterior"], a.frames["anterior"])
     assert v1.generator_version == 1 and not np.array_equal(v1.frames["anterior"], a.frames["anterior"])
     with pytest.raises(ValueError, match="version 1 has no camera"):
         synthesize_study([3, 1], "A", version=1, camera=GammaCamera())
