@@ -219,3 +219,22 @@ def test_train_on_datastore_takes_the_network_by_name(store, tmp_path):
     with pytest.raises(ValueError, match="unknown network 'vnet'"):
         train_on_datastore(manifest, tmp_path / "vnet", ROOT, store["models"], network="vnet")
     assert not (tmp_path / "vnet").exists()
+
+
+def test_fine_tuning_weights_of_another_network_is_refused_by_name(store, tmp_path):
+    """A Double U-Net asked to fine-tune from the served U-Net: the error names model.pt, which stays as it was."""
+    served = store["models"] / "model.pt"
+    before = served.read_bytes()
+    with pytest.raises(NetworkMismatchError, match=r"model\.pt: not weights of network 'double_unet'"):
+        train_on_datastore(
+            json.loads(store["manifest"].read_text()),
+            tmp_path / "double",
+            ROOT,
+            store["models"],
+            {"image_size": 96, "segmentation_features": [8, 16, 32]},
+            max_epochs=1,
+            batch_size=2,
+            network="double_unet",
+        )
+    assert served.read_bytes() == before
+    assert not (tmp_path / "double" / "models" / "model.pt").exists()
