@@ -34,6 +34,8 @@ LABEL_HOST ?= 127.0.0.1
 LABEL_PORT ?= 8000
 # the server's datastore writes labels beside the images, so it gets a copy of the synthetic studies
 LABEL_STUDIES ?= runs/label_studies
+# the network the server serves and trains: malignet, or a pixel-level baseline (unet, double_unet)
+LABEL_NETWORK ?= malignet
 
 .PHONY: venv demo data train evaluate infer label label-server benchmark-ssl test lint clean
 
@@ -77,10 +79,11 @@ $(LABEL_STUDIES): | $(DATA)/datalist.json
 label-server: $(VENV)/.installed $(LABEL_VENV)/.installed $(MODELS)/chest_detector.pt | $(LABEL_STUDIES)
 	PATH="$(CURDIR)/$(LABEL_VENV)/bin:$$PATH" monailabel start_server --app monailabel_app \
 		--studies $(LABEL_STUDIES) --host $(LABEL_HOST) --port $(LABEL_PORT) \
-		--conf ckpt_dir $(CURDIR)/$(MODELS) --conf bundle_python $(CURDIR)/$(PY) \
+		--conf ckpt_dir $(CURDIR)/$(MODELS) --conf bundle_python $(CURDIR)/$(PY) --conf network $(LABEL_NETWORK) \
 		$(if $(SIZE_CONFIG),--conf overrides $(CURDIR)/configs/cpu.json)
 
-# thesis Table 4 and Figs. 19-20 on synthetic data; ~2 h on 2 cores, resumable (docs/BENCHMARKS.md)
+# thesis Table 4 and Figs. 19-20 on synthetic data: the whole study, 3 seeds at 1600 steps, is many hours on 2
+# cores; resumable, and --seeds/--sweeps/--variants run it in parts (docs/BENCHMARKS.md)
 benchmark-ssl: $(VENV)/.installed
 	$(PY) scripts/benchmark_ssl.py --profile cpu
 

@@ -13,7 +13,7 @@ unlabeled forward that MaligNet and the Mask R-CNN baseline share.
   (``configs/self_training.json``); the step stays the one the other configs chose.
 - :mod:`.mean_teacher`: an EMA teacher labels weakly augmented unlabeled crops for the student on strongly
   augmented ones (``configs/mean_teacher.json``); on a network with the ladder FPN both costs train.
-- :mod:`.selection`: method names → config overrides (the MONAI Label train task's ``method``).
+- :mod:`.selection`: method names (per network) → config overrides (the MONAI Label train task's ``method``).
 """
 
 import importlib
