@@ -34,8 +34,6 @@ LABEL_HOST ?= 127.0.0.1
 LABEL_PORT ?= 8000
 # the server's datastore writes labels beside the images, so it gets a copy of the synthetic studies
 LABEL_STUDIES ?= runs/label_studies
-# the network the server serves and trains: malignet, or a pixel-level baseline (unet, double_unet)
-LABEL_NETWORK ?= malignet
 
 .PHONY: venv demo data train evaluate infer label label-server benchmark-ssl test lint clean
 
@@ -79,7 +77,7 @@ $(LABEL_STUDIES): | $(DATA)/datalist.json
 label-server: $(VENV)/.installed $(LABEL_VENV)/.installed $(MODELS)/chest_detector.pt | $(LABEL_STUDIES)
 	PATH="$(CURDIR)/$(LABEL_VENV)/bin:$$PATH" monailabel start_server --app monailabel_app \
 		--studies $(LABEL_STUDIES) --host $(LABEL_HOST) --port $(LABEL_PORT) \
-		--conf ckpt_dir $(CURDIR)/$(MODELS) --conf bundle_python $(CURDIR)/$(PY) --conf network $(LABEL_NETWORK) \
+		--conf ckpt_dir $(CURDIR)/$(MODELS) --conf bundle_python $(CURDIR)/$(PY) \
 		$(if $(SIZE_CONFIG),--conf overrides $(CURDIR)/configs/cpu.json)
 
 # thesis Table 4 and Figs. 19-20 on synthetic data: the whole study, 3 seeds at 1600 steps, is many hours on 2
