@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
+from ignite.engine import Engine, Events
 from ignite.handlers import EMAHandler
 from monai.transforms import Compose
 from torch import Tensor
@@ -32,6 +33,7 @@ __all__ = [
     "JointBatch",
     "StepOutput",
     "SemiSupervisedMethod",
+    "EMATeacherMethod",
     "joint_forward",
     "uses_ladder",
     "unwrap",
@@ -179,6 +181,66 @@ def seeded_augmentation(augmentation: Callable | Sequence[Callable] | None, seed
             seed = int(torch.randint(0, 2**30, ()).item()) + rank
         composed.set_random_state(seed=seed)
     return composed
+
+
+class EMATeacherMethod(SemiSupervisedMethod):
+    """A teacher–student method whose teacher is an exponential moving average of the student.
+
+    It keeps the teacher's life cycle in one place: the teacher is a copy of the student at a fresh run's first
+    iteration (after initial or pretrained weights were loaded into the student; a resumed run restores the
+    teacher from its checkpoint instead), then ignite's EMA update after every iteration with the momentum
+    :meth:`momentum` gives, then rank 0's buffers broadcast under data parallelism. A subclass sets
+    :attr:`momentum_state` and calls :meth:`init_teacher` in its constructor, defines :meth:`momentum` and
+    :meth:`step`, and may add checks at the run's start (:meth:`check_run`).
+
+    Attributes:
+        momentum_state: the ``engine.state`` attribute ignite's ``EMAHandler`` reads its momentum from.
+    """
+
+    momentum_state: str = "teacher_ema_momentum"
+
+    def init_teacher(self, network: torch.nn.Module, decay: float) -> None:
+        """Create the EMA handler and the teacher (:func:`ema_teacher`) as ``self.ema`` and ``self.teacher``.
+
+        Args:
+            network: the student.
+            decay: the EMA decay.
+        """
+        self.ema, self.teacher = ema_teacher(network, decay)
+
+    @abstractmethod
+    def momentum(self, iteration: int) -> float:
+        """The EMA momentum (1 − α) of the teacher update after ``iteration`` (1-based)."""
+
+    def check_run(self, engine: Engine) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Warn about a run the method cannot teach in (called when the trainer starts).
+
+        Args:
+            engine: the trainer.
+        """
+
+    def attach(self, trainer: SemiSupervisedTrainer) -> None:
+        """Teacher ← student at a fresh run's first iteration; EMA update (then rank-0 buffers) after each step.
+
+        Args:
+            trainer: the trainer running this method.
+        """
+        trainer.add_event_handler(Events.STARTED, self.check_run)
+        trainer.add_event_handler(Events.ITERATION_STARTED(once=1), self._copy_student)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, self._set_momentum)
+        self.ema.attach(trainer, name=self.momentum_state, warn_if_exists=False, event=Events.ITERATION_COMPLETED)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, self._share_buffers)
+
+    def _copy_student(self, engine: Engine) -> None:
+        self.teacher.load_state_dict(unwrap(engine.network).state_dict())
+
+    def _set_momentum(self, engine: Engine) -> None:
+        setattr(engine.state, self.momentum_state, self.momentum(engine.state.iteration))
+
+    def _share_buffers(self, engine: Engine) -> None:
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for buffer in self.teacher.buffers():
+                dist.broadcast(buffer, src=0)
 
 
 def ema_teacher(network: torch.nn.Module, decay: float) -> tuple[EMAHandler, torch.nn.Module]:

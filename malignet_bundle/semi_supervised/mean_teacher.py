@@ -41,7 +41,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.distributed as dist
 from ignite.engine import Engine, Events
 from monai.utils import convert_to_tensor
 from monai.utils.misc import str2bool
@@ -49,13 +48,11 @@ from torch import Tensor
 
 from malignet_bundle.networks.malignet import PSEUDO_SUFFIX, SUPERVISED_LOSS_KEYS
 from malignet_bundle.semi_supervised.base import (
+    EMATeacherMethod,
     JointBatch,
-    SemiSupervisedMethod,
     StepOutput,
-    ema_teacher,
     joint_forward,
     seeded_augmentation,
-    unwrap,
     uses_ladder,
 )
 from malignet_bundle.transforms.geometry import BoxesFromMasksd
@@ -165,7 +162,7 @@ def augment_pseudo_labeled(
     }
 
 
-class MeanTeacher(SemiSupervisedMethod):
+class MeanTeacher(EMATeacherMethod):
     """Teacher–student training for Mask R-CNN (module docstring); ``configs/mean_teacher.json``.
 
     Args:
@@ -191,6 +188,7 @@ class MeanTeacher(SemiSupervisedMethod):
     """
 
     logged_names = ("pseudo_lesions", *(name + PSEUDO_SUFFIX for name in SUPERVISED_LOSS_KEYS))
+    momentum_state = MOMENTUM_STATE
 
     def __init__(
         self,
@@ -226,21 +224,15 @@ class MeanTeacher(SemiSupervisedMethod):
         self.min_pixels = int(min_pixels)
         self.strong_augmentation = seeded_augmentation(strong_augmentation, seed)
         # "update": batch-norm statistics averaged too, as Unbiased Teacher averages the whole state
-        self.ema, self.teacher = ema_teacher(network, self.decay)
+        self.init_teacher(network, self.decay)
 
     def attach(self, trainer: SemiSupervisedTrainer) -> None:
-        """Teacher ← student at a fresh run's first iteration; EMA update (then rank-0 buffers) after each step.
+        """The EMA teacher's handlers (:class:`EMATeacherMethod`), and a log line when burn-in ends.
 
         Args:
             trainer: the trainer running this method.
         """
-        trainer.add_event_handler(Events.STARTED, self._check_schedule)
-        # the first iteration of a fresh run, after initial weights or a pretrained checkpoint were loaded
-        # into the student (a resumed run restores the teacher from its checkpoint instead)
-        trainer.add_event_handler(Events.ITERATION_STARTED(once=1), self._copy_student)
-        trainer.add_event_handler(Events.ITERATION_COMPLETED, self._set_momentum)
-        self.ema.attach(trainer, name=MOMENTUM_STATE, warn_if_exists=False, event=Events.ITERATION_COMPLETED)
-        trainer.add_event_handler(Events.ITERATION_COMPLETED, self._share_buffers)
+        super().attach(trainer)
         if self.burn_in > 0:
             trainer.add_event_handler(Events.ITERATION_COMPLETED(once=self.burn_in), self._log_burn_in_over)
 
@@ -255,7 +247,12 @@ class MeanTeacher(SemiSupervisedMethod):
         """
         return 1.0 if iteration <= self.burn_in else 1.0 - self.decay
 
-    def _check_schedule(self, engine: Engine) -> None:
+    def check_run(self, engine: Engine) -> None:
+        """Warn when burn-in covers the whole run or no unlabeled loader is given.
+
+        Args:
+            engine: the trainer.
+        """
         total = (engine.state.max_epochs or 0) * (engine.state.epoch_length or 0)
         if self.burn_in >= total:
             logger.warning(
@@ -273,17 +270,6 @@ class MeanTeacher(SemiSupervisedMethod):
             engine.state.iteration,
             self.threshold,
         )
-
-    def _copy_student(self, engine: Engine) -> None:
-        self.teacher.load_state_dict(unwrap(engine.network).state_dict())
-
-    def _set_momentum(self, engine: Engine) -> None:
-        setattr(engine.state, MOMENTUM_STATE, self.momentum(engine.state.iteration))
-
-    def _share_buffers(self, engine: Engine) -> None:
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            for buffer in self.teacher.buffers():
-                dist.broadcast(buffer, src=0)
 
     def step(
         self, trainer: SemiSupervisedTrainer, images: list[Tensor], targets: list[dict[str, Tensor]]

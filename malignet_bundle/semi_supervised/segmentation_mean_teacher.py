@@ -31,17 +31,15 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
-import torch.distributed as dist
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 from monai.utils import convert_to_tensor
 from torch import Tensor
 
 from malignet_bundle.networks.segmentation import PSEUDO_SUFFIX, SEGMENTATION_LOSS_KEY, SOFT_TARGET_KEY
 from malignet_bundle.semi_supervised.base import (
+    EMATeacherMethod,
     JointBatch,
-    SemiSupervisedMethod,
     StepOutput,
-    ema_teacher,
     joint_forward,
     seeded_augmentation,
     unwrap,
@@ -74,7 +72,7 @@ def sigmoid_ramp_up(iteration: int, length: int) -> float:
     return float(math.exp(-5.0 * phase * phase))
 
 
-class SegmentationMeanTeacher(SemiSupervisedMethod):
+class SegmentationMeanTeacher(EMATeacherMethod):
     """EMA teacher, consistency of softmax outputs on perturbed unlabeled crops (module docstring).
 
     Args:
@@ -95,6 +93,7 @@ class SegmentationMeanTeacher(SemiSupervisedMethod):
     """
 
     logged_names = ("consistency_mse", "consistency_weight")
+    momentum_state = MOMENTUM_STATE
 
     def __init__(
         self,
@@ -121,7 +120,7 @@ class SegmentationMeanTeacher(SemiSupervisedMethod):
         self.ramp_up = int(ramp_up)
         self.perturbation = seeded_augmentation(perturbation, seed)
         # "update": normalisation statistics averaged too (the Double U-Net's ASPP has batch norm)
-        self.ema, self.teacher = ema_teacher(network, self.decay)
+        self.init_teacher(network, self.decay)
 
     def weight(self, iteration: int) -> float:
         """The consistency weight w(t) at ``iteration`` (module docstring).
@@ -145,33 +144,14 @@ class SegmentationMeanTeacher(SemiSupervisedMethod):
         """
         return max(1.0 / (iteration + 1), 1.0 - self.decay)
 
-    def attach(self, trainer: SemiSupervisedTrainer) -> None:
-        """Teacher ← student at a fresh run's first iteration; EMA update (then rank-0 buffers) after each step.
+    def check_run(self, engine: Engine) -> None:
+        """Warn when no unlabeled loader is given (no consistency term then).
 
         Args:
-            trainer: the trainer running this method.
+            engine: the trainer.
         """
-        trainer.add_event_handler(Events.STARTED, self._check_unlabeled)
-        # after initial weights were loaded into the student; a resumed run restores the teacher instead
-        trainer.add_event_handler(Events.ITERATION_STARTED(once=1), self._copy_student)
-        trainer.add_event_handler(Events.ITERATION_COMPLETED, self._set_momentum)
-        self.ema.attach(trainer, name=MOMENTUM_STATE, warn_if_exists=False, event=Events.ITERATION_COMPLETED)
-        trainer.add_event_handler(Events.ITERATION_COMPLETED, self._share_buffers)
-
-    def _check_unlabeled(self, engine: Engine) -> None:
         if getattr(engine, "unlabeled_data_loader", None) is None:
             logger.warning("segmentation mean teacher without an unlabeled loader: no consistency term")
-
-    def _copy_student(self, engine: Engine) -> None:
-        self.teacher.load_state_dict(unwrap(engine.network).state_dict())
-
-    def _set_momentum(self, engine: Engine) -> None:
-        setattr(engine.state, MOMENTUM_STATE, self.momentum(engine.state.iteration))
-
-    def _share_buffers(self, engine: Engine) -> None:
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            for buffer in self.teacher.buffers():
-                dist.broadcast(buffer, src=0)
 
     def _perturb(self, image: Tensor) -> Tensor:
         if self.perturbation is None:
