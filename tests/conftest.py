@@ -34,6 +34,49 @@ def run_script(name: str, *args: object, check: bool = False):
     return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=check)
 
 
+def bundle_command(
+    tiny,
+    name: str,
+    *configs: str,
+    epochs: int = 1,
+    batch_size: int = 2,
+    extra: tuple = (),
+    launcher: tuple = (sys.executable, "-m"),
+    run_id: str = "training",
+) -> list[str]:
+    """``monai.bundle run <run_id>`` of ``configs`` (names in ``configs/``) on a tiny dataset.
+
+    ``tiny`` holds the dataset (``data/``) and its chest detector (``chest.pt``); the run's checkpoints go to
+    ``tiny/<name>``; ``launcher`` runs the module (python -m, torchrun).
+    """
+    files = [str(ROOT / "configs" / c) for c in configs]
+    return [
+        *launcher,
+        "monai.bundle",
+        "run",
+        run_id,
+        "--config_file",
+        str(files),
+        "--logging_file",
+        str(ROOT / "configs" / "logging.conf"),
+        "--bundle_root",
+        str(ROOT),
+        "--dataset_dir",
+        str(tiny / "data"),
+        "--ckpt_dir",
+        str(tiny / name),
+        "--chest_detector_path",
+        str(tiny / "chest.pt"),
+        "--epochs",
+        str(epochs),
+        "--image_size",
+        "96",
+        "--batch_size",
+        str(batch_size),
+        *extra,
+    ]
+
+
 @pytest.fixture
 def colliding_folder(tmp_path: Path) -> Path:
     """A folder of two single-view files of one study (same StudyInstanceUID) without any view cue.

@@ -15,7 +15,7 @@ from malignet_bundle.data.datalist import load_datalist
 from malignet_bundle.engines.chest_detector import train_chest_detector
 from malignet_bundle.networks.malignet import MaligNet
 
-from .conftest import ROOT
+from .conftest import ROOT, bundle_command
 
 
 @pytest.fixture(scope="module")
@@ -55,48 +55,9 @@ def torchrun_launcher(processes: int = 2) -> tuple[str, ...]:
     )
 
 
-def _command(
-    tiny,
-    name: str,
-    *configs: str,
-    epochs: int = 1,
-    batch_size: int = 2,
-    extra: tuple = (),
-    launcher: tuple = (sys.executable, "-m"),
-    run_id: str = "training",
-) -> list[str]:
-    """``monai.bundle run <run_id>`` on the tiny dataset; ``launcher`` runs the module (python -m, torchrun)."""
-    files = [str(ROOT / "configs" / c) for c in configs]
-    return [
-        *launcher,
-        "monai.bundle",
-        "run",
-        run_id,
-        "--config_file",
-        str(files),
-        "--logging_file",
-        str(ROOT / "configs" / "logging.conf"),
-        "--bundle_root",
-        str(ROOT),
-        "--dataset_dir",
-        str(tiny / "data"),
-        "--ckpt_dir",
-        str(tiny / name),
-        "--chest_detector_path",
-        str(tiny / "chest.pt"),
-        "--epochs",
-        str(epochs),
-        "--image_size",
-        "96",
-        "--batch_size",
-        str(batch_size),
-        *extra,
-    ]
-
-
 def _train(tiny, name: str, *configs: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
     """Run :func:`_command` to the end, output captured as text."""
-    command = _command(tiny, name, *configs, **kwargs)
+    command = bundle_command(tiny, name, *configs, **kwargs)
     return subprocess.run(command, capture_output=True, text=True, cwd=tiny, timeout=900, env=env)
 
 
@@ -332,7 +293,7 @@ def test_mean_teacher_json_trains_malignet_with_both_costs_and_serves_the_teache
 def _start(tiny, name: str, epochs: int, log_path, extra: tuple = ()) -> subprocess.Popen:
     log = open(log_path, "w")  # noqa: SIM115 - closed by the caller through the process's lifetime
     return subprocess.Popen(
-        _command(tiny, name, "train.json", epochs=epochs, extra=("--val_interval", "1", *extra)),
+        bundle_command(tiny, name, "train.json", epochs=epochs, extra=("--val_interval", "1", *extra)),
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=tiny,

@@ -15,7 +15,8 @@ import torch
 from malignet_bundle.networks.chest_detector import ChestDetector
 from malignet_bundle.networks.malignet import MaligNet
 
-from .test_bundle_training import TINY_NETWORK, _command, torchrun_launcher
+from .conftest import bundle_command
+from .test_bundle_training import TINY_NETWORK, torchrun_launcher
 
 IMAGE_SIZE = 96  # what test_bundle_training's command gives --image_size
 NETWORK = {TINY_NETWORK[i].split("#")[1]: TINY_NETWORK[i + 1] for i in range(0, len(TINY_NETWORK), 2)}
@@ -57,7 +58,9 @@ def test_two_gloo_processes_load_initial_weights_and_upload_the_executed_config(
         *TINY_NETWORK,
     )
     launcher = (*torchrun_launcher(), "-m")
-    command = _command(small, "ddp", "train.json", "multi_gpu_train.json", batch_size=1, launcher=launcher, extra=extra)
+    command = bundle_command(
+        small, "ddp", "train.json", "multi_gpu_train.json", batch_size=1, launcher=launcher, extra=extra
+    )
     result = subprocess.run(command, capture_output=True, text=True, cwd=small, timeout=900)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -27,7 +26,7 @@ from malignet_bundle.outputs.dicom_seg import read_dicom_seg_masks
 from malignet_bundle.semi_supervised.segmentation_mean_teacher import SegmentationMeanTeacher, sigmoid_ramp_up
 from malignet_bundle.transforms.label_maps import InstanceLabelMapd, instance_label_map, prepare_segmentation_batch
 
-from .conftest import ROOT
+from .conftest import bundle_command
 
 # hand-made 4 × 4 maps (classes 1 malignant, 2 other): worked out in test_pixel_protocol_exact_numbers
 GROUND_TRUTH = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 2, 2], [0, 0, 0, 0]])
@@ -234,33 +233,7 @@ def tiny(tmp_path_factory, class_map):
 
 
 def _run(tiny, name: str, *configs: str, extra: tuple = (), run_id: str = "training") -> subprocess.CompletedProcess:
-    files = [str(ROOT / "configs" / c) for c in configs]
-    command = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        run_id,
-        "--config_file",
-        str(files),
-        "--logging_file",
-        str(ROOT / "configs" / "logging.conf"),
-        "--bundle_root",
-        str(ROOT),
-        "--dataset_dir",
-        str(tiny / "data"),
-        "--ckpt_dir",
-        str(tiny / name),
-        "--chest_detector_path",
-        str(tiny / "chest.pt"),
-        "--epochs",
-        "1",
-        "--image_size",
-        "96",
-        "--batch_size",
-        "2",
-        *extra,
-    ]
+    command = bundle_command(tiny, name, *configs, extra=extra, run_id=run_id)
     return subprocess.run(command, capture_output=True, text=True, cwd=tiny, timeout=900)
 
 
