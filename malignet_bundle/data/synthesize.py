@@ -213,12 +213,41 @@ def synthesize_study(
 
     scale = patient.total_counts / float(blurred["anterior"].sum())
     signed = rng.random() < signed_fraction
+    # vendor background subtraction leaves a few negative pixels
+    means = {view: blurred[view] * scale for view in VIEWS}
+    frames, stored_masks, chest = _acquire(means, masks, skeleton.chest_box, shape, rng, signed, 0.2)
+    return SyntheticStudy(patient, frames, stored_masks, names, chest, lesions, spacing_mm)
+
+
+def _acquire(
+    means: dict[str, np.ndarray],
+    masks: dict[str, list[np.ndarray]],
+    chest_box: tuple[float, float, float, float],
+    shape: tuple[int, int],
+    rng: np.random.Generator,
+    signed: bool,
+    negative_mean: float,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, tuple[float, float, float, float]]]:
+    """Count images, masks and chest boxes of both views as stored: Poisson counts, the posterior mirrored.
+
+    Args:
+        means: view → expected counts per pixel.
+        masks: view → lesion masks (rows, cols) visible in that view.
+        chest_box: the chest box (x0, y0, x1, y1) in the anterior view's coordinates.
+        shape: (rows, cols).
+        rng: the study's random stream (one Poisson draw per view, then the negative pixels of a signed study).
+        signed: stored as signed 16-bit, with Poisson(``negative_mean``) subtracted from every pixel.
+        negative_mean: the mean subtracted in a signed study.
+
+    Returns:
+        frames (uint16, or int16 when ``signed``), stacked masks (N, rows, cols) and chest boxes, per view.
+    """
     frames, stored_masks, chest = {}, {}, {}
-    x0, y0, x1, y1 = skeleton.chest_box
+    x0, y0, x1, y1 = chest_box
     for view in VIEWS:
-        counts = rng.poisson(blurred[view] * scale)
-        if signed:  # vendor background subtraction leaves a few negative pixels
-            counts = counts - rng.poisson(0.2, size=counts.shape)
+        counts = rng.poisson(means[view])
+        if signed:
+            counts = counts - rng.poisson(negative_mean, size=counts.shape)
         stack = np.stack(masks[view]) if masks[view] else np.zeros((0, *shape), dtype=bool)
         if view == "posterior":  # as acquired: seen from behind, the patient's left is on the image's left
             counts, stack = counts[:, ::-1], stack[:, :, ::-1]
@@ -230,7 +259,7 @@ def synthesize_study(
         )
         stored_masks[view] = np.ascontiguousarray(stack)
         chest[view] = tuple(float(v) for v in box)
-    return SyntheticStudy(patient, frames, stored_masks, names, chest, lesions, spacing_mm)
+    return frames, stored_masks, chest
 
 
 def _lesion_window(
@@ -312,23 +341,9 @@ def _synthesize_v2(
     source_counts = max(patient.total_counts - rate * shape[0] * shape[1], 0.5 * patient.total_counts)
     scale = source_counts / float(detected["anterior"].sum())
     signed = rng.random() < signed_fraction
-    frames, stored_masks, chest = {}, {}, {}
-    x0, y0, x1, y1 = skeleton.chest_box
-    for view in VIEWS:
-        counts = rng.poisson(detected[view] * scale + rate)
-        if signed:  # vendor processing leaves a few negative pixels (a few hundred in the view)
-            counts = counts - rng.poisson(0.002, size=counts.shape)
-        stack = np.stack(masks[view]) if masks[view] else np.zeros((0, *shape), dtype=bool)
-        if view == "posterior":  # as acquired: seen from behind, the patient's left is on the image's left
-            counts, stack = counts[:, ::-1], stack[:, :, ::-1]
-            box = (shape[1] - x1, y0, shape[1] - x0, y1)
-        else:
-            box = (x0, y0, x1, y1)
-        frames[view] = np.clip(counts, -32768 if signed else 0, 32767 if signed else 65535).astype(
-            np.int16 if signed else np.uint16
-        )
-        stored_masks[view] = np.ascontiguousarray(stack)
-        chest[view] = tuple(float(v) for v in box)
+    # vendor processing leaves a few negative pixels (a few hundred in the view)
+    means = {view: detected[view] * scale + rate for view in VIEWS}
+    frames, stored_masks, chest = _acquire(means, masks, skeleton.chest_box, shape, rng, signed, 0.002)
     return SyntheticStudy(
         patient, frames, stored_masks, names, chest, lesions, spacing_mm, generator_version=2, acquisition=acquisition
     )
