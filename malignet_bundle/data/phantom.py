@@ -289,21 +289,12 @@ def sample_patient(
         return _sample_patient_v2(rng, patient_id, hot_spots or HOT_SPOTS_V2)
     if version != 1:
         raise ValueError(f"unknown generator version {version}; known: 1, 2")
-    child = rng.random() < 0.08
-    if child:
-        age = int(rng.integers(5, 17))
-        height = 1000.0 + (age - 5) * 55.0 + rng.normal(0, 60)
-    else:
-        age = int(np.clip(rng.normal(62, 13), 20, 92))
-        height = rng.normal(1640, 85)
-    sex = "F" if rng.random() < 0.5 else "M"
-    if sex == "M" and not child:
-        height += 80
+    age, sex, height = _sample_age_sex_height(rng, child_fraction=0.08)
     return Patient(
         patient_id=patient_id,
         age=age,
         sex=sex,
-        height_mm=float(np.clip(height, 950, 1950)),
+        height_mm=height,
         build=float(np.clip(rng.normal(1.05, 0.15), 0.8, 1.45)),
         shoulder_scale=float(rng.normal(1.0, 0.05)),
         arm_abduction=(float(rng.uniform(0.06, 0.3)), float(rng.uniform(0.06, 0.3))),
@@ -319,6 +310,25 @@ def sample_patient(
     )
 
 
+def _sample_age_sex_height(rng: np.random.Generator, child_fraction: float) -> tuple[int, str, float]:
+    """Age, sex and standing height (mm, 950–1950) of one patient, both generator versions.
+
+    Children (5–16 years, 1000 mm at 5 plus 55 mm a year, sd 60 mm) are ``child_fraction`` of patients;
+    adults are 62 ± 13 years (20–92), 1640 ± 85 mm tall, men 80 mm taller.
+    """
+    child = rng.random() < child_fraction
+    if child:
+        age = int(rng.integers(5, 17))
+        height = 1000.0 + (age - 5) * 55.0 + rng.normal(0, 60)
+    else:
+        age = int(np.clip(rng.normal(62, 13), 20, 92))
+        height = rng.normal(1640, 85)
+    sex = "F" if rng.random() < 0.5 else "M"
+    if sex == "M" and not child:
+        height += 80
+    return age, sex, float(np.clip(height, 950, 1950))
+
+
 def _sample_patient_v2(rng: np.random.Generator, patient_id: str, hot_spots: HotSpotLevels) -> Patient:
     """Version 2's patient: adult anthropometry, arms at the sides, a real scan's count level.
 
@@ -329,22 +339,13 @@ def _sample_patient_v2(rng: np.random.Generator, patient_id: str, hot_spots: Hot
     Count level: 3.6 million counts on a real anterior view; whole-body scans of a clinic span roughly
     2.5–5 million (scan speed set for that), drawn lognormal around 3.6 million.
     """
-    child = rng.random() < 0.06
-    if child:
-        age = int(rng.integers(5, 17))
-        height = 1000.0 + (age - 5) * 55.0 + rng.normal(0, 60)
-    else:
-        age = int(np.clip(rng.normal(62, 13), 20, 92))
-        height = rng.normal(1640, 85)
-    sex = "F" if rng.random() < 0.5 else "M"
-    if sex == "M" and not child:
-        height += 80
+    age, sex, height = _sample_age_sex_height(rng, child_fraction=0.06)
     abduction = (float(rng.uniform(0.01, 0.09)), float(rng.uniform(0.01, 0.09)))
     return Patient(
         patient_id=patient_id,
         age=age,
         sex=sex,
-        height_mm=float(np.clip(height, 950, 1950)),
+        height_mm=height,
         build=float(np.clip(rng.normal(1.05, 0.13), 0.85, 1.4)),
         shoulder_scale=float(rng.normal(1.0, 0.04)),
         arm_abduction=abduction,
