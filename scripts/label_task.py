@@ -45,7 +45,12 @@ def main(argv: list[str] | None = None) -> None:
     infer = tasks.choices["infer"]
     infer.add_argument("--image", required=True)
     infer.add_argument("--output_dir", required=True)
-    infer.add_argument("--score_threshold", type=float, default=0.7)
+    infer.add_argument(
+        "--score_threshold",
+        type=float,
+        default=None,
+        help="detection confidence kept (default: the model's own operating threshold, model.json; 0.7 without one)",
+    )
     infer.add_argument("--device", default=None)
     train = tasks.choices["train"]
     train.add_argument(

@@ -240,3 +240,16 @@ def test_save_labels_train_then_infer_on_the_study(server):
         hits += bool(window.any())
     assert hits >= max(1, len(lesions) // 2), f"{hits} of {len(lesions)} lesions on ground truth"
     assert ((label_map > 0) & (expected > 0)).any()  # the painted map overlaps the study's lesions
+
+    # without a threshold the served model's own (chosen on validation when it was trained, model.json) is used
+    response = requests.post(f"{url}/infer/malignet", params={"image": study_id, "output": "json"}, timeout=300)
+    assert response.status_code == 200, f"{response.text[:2000]}\n{_log_tail(server)}"
+    operating_point = response.json()["operating_point"]
+    assert operating_point["origin"] == "validation", operating_point
+    refused = requests.post(
+        f"{url}/infer/malignet",
+        params={"image": study_id, "output": "json"},
+        data={"params": json.dumps({"score_threshold": "high"})},
+        timeout=60,
+    )
+    assert refused.status_code == 400 and "score_threshold must be a number" in refused.text

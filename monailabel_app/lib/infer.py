@@ -23,20 +23,45 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from lib.bundle import BundleRunner
 from lib.datastore import refusing
-from lib.safety import check_inside
+from lib.safety import Refused, check_inside
 from malignet_bundle.networks.selection import DESCRIPTIONS
 
 logger = logging.getLogger(__name__)
 
 
+# the infer option's default: the served model's own operating threshold (model.json)
+MODEL_THRESHOLD = "model"
+
+
+def request_threshold(value: Any) -> float | None:
+    """The request's ``score_threshold`` as a number in [0, 1], or None for the model's own threshold.
+
+    Args:
+        value: a number (or its text), or ``"model"``, ``""`` or None.
+
+    Raises:
+        Refused: 400 for anything else, with the reason.
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", MODEL_THRESHOLD)):
+        return None
+    try:
+        threshold = float(value)
+    except (TypeError, ValueError):
+        threshold = float("nan")
+    if not 0.0 <= threshold <= 1.0:
+        raise Refused(400, f"score_threshold must be a number in [0, 1] or {MODEL_THRESHOLD!r}, got {value!r}")
+    return threshold
+
+
 class MaligNetInferTask(InferTask):
     """Lesion pre-annotations of one study: label map (class per pixel, stored frames) + lesions as JSON.
 
-    Request params: ``score_threshold`` (default 0.7, thesis Table 11; a pixel-level network's lesions are
-    scored by their mean foreground probability). Each request loads the weights afresh, so a finished
-    training is served at once; weights of another network than the runner's fail with the bundle's error
-    naming ``model.pt`` and the network. Only files inside ``studies`` are read (the app passes the datastore
-    study's file; anything else is refused with 400).
+    Request params: ``score_threshold``, a number, or ``"model"`` (the default): the served model's own
+    operating threshold, chosen on validation when it was trained (``model.json``; 0.7, thesis Table 11, for a
+    model without one). A pixel-level network's lesions are scored by their mean foreground probability.
+    Each request loads the weights afresh, so a finished training is served at once; weights of another network than
+    the runner's fail with the bundle's error naming ``model.pt`` and the network. Only files inside ``studies`` are
+    read (the app passes the datastore study's file; anything else is refused with 400).
 
     Args:
         runner: the bundle runner; its ``network`` is the one served.
@@ -50,7 +75,7 @@ class MaligNetInferTask(InferTask):
             labels=labels,
             dimension=2,
             description=f"chest detection, then on both views {DESCRIPTIONS[runner.network]}",
-            config={"score_threshold": 0.7},
+            config={"score_threshold": MODEL_THRESHOLD},
         )
         self.runner = runner
         self.studies = Path(studies)
@@ -68,9 +93,11 @@ class MaligNetInferTask(InferTask):
         """Run on ``request["image"]`` (the study's DICOM file); returns the label-map file and the lesions."""
         with refusing():  # the app resolved a datastore id to its file; a second look costs nothing
             image = check_inside(self.studies, str(request.get("image") or ""))
-        threshold = float(request.get("score_threshold", self.config()["score_threshold"]))
+            threshold = request_threshold(request.get("score_threshold", self.config()["score_threshold"]))
         output = Path(tempfile.mkdtemp(prefix="malignet_infer_"))
-        args = ["--image", str(image), "--output_dir", str(output), "--score_threshold", str(threshold)]
+        args = ["--image", str(image), "--output_dir", str(output)]
+        if threshold is not None:
+            args += ["--score_threshold", str(threshold)]
         if self.runner.device:
             args += ["--device", self.runner.device]
         self.runner.run("infer", *args)
