@@ -152,7 +152,7 @@ def test_supervised_rows_ignore_the_unlabeled_fraction():
     assert RunSpec("fpn", 0).name == "fpn-l1-s0"
     assert RunSpec("lfpn", 2, 0.5, 0.25).name == "lfpn-l0.5-u0.25-s2"
     with pytest.raises(ValueError, match="unknown variant"):
-        RunSpec("unet", 0)
+        RunSpec("resnet_unknown", 0)
 
 
 def test_subsets_are_whole_patients_drawn_by_seed():

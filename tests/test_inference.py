@@ -101,6 +101,19 @@ def _oracle_predictions(class_map, source, **overrides) -> list:
     return predict_studies(_oracle_parser(class_map, source, **overrides).get_parsed_content("evaluator"))
 
 
+def _study_with_chest_lesions(dataset):
+    """The first labeled study with a lesion wholly inside the chest box of each view (not every study has one)."""
+    for study in collect_studies(dataset / "datalist.json", split="labeled"):
+        counts = []
+        for view in ("anterior", "posterior"):
+            truth = load_annotation(study.items[0]["label"], (1024, 256), view=view)
+            x0, y0, x1, y1 = (int(v) for v in truth.chest_box)
+            counts.append(sum(int(m.sum() == m[y0:y1, x0:x1].sum()) for m in truth.masks))
+        if min(counts) > 0:
+            return study
+    raise AssertionError(f"no labeled study of {dataset} has chest lesions in both views")
+
+
 def _sha(path) -> str:
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
@@ -126,8 +139,8 @@ def _check_segs(written, prediction, class_map):
 
 
 def test_masks_come_back_onto_the_lesions_of_the_stored_frames(synthetic_dataset, class_map):
-    study = collect_studies(synthetic_dataset / "datalist.json", split="labeled")[0]
-    (prediction,) = _oracle_predictions(class_map, synthetic_dataset / "datalist.json", split="labeled", max_studies=1)
+    study = _study_with_chest_lesions(synthetic_dataset)
+    (prediction,) = _oracle_predictions(class_map, study.items[0]["image"])
     assert prediction.study_id == study.study_id
     assert [v.view for v in prediction.views] == ["anterior", "posterior"]
     for view in prediction.views:
@@ -178,7 +191,8 @@ def test_unmirror_posterior_undoes_the_view_selection_mirroring(synthetic_datase
 
 
 def test_one_file_per_view_study_gets_a_seg_per_source_file(tmp_path, class_map):
-    items = write_study(synthesize_study([5, 6], "SINGLE"), tmp_path / "in", class_map, layout="single")
+    # seed [5, 7] draws chest lesions in both views
+    items = write_study(synthesize_study([5, 7], "SINGLE"), tmp_path / "in", class_map, layout="single")
     (prediction,) = _oracle_predictions(class_map, tmp_path / "in" / "studies")
     assert sorted(v.view for v in prediction.views) == ["anterior", "posterior"]
     assert [v.frame_index for v in prediction.views] == [0, 0]
@@ -224,10 +238,10 @@ def test_report_coordinates_land_on_the_lesions(tmp_path, synthetic_dataset, cla
     """The workflow's own writer handlers, one study per iteration: files, content, and the inputs untouched."""
     from pycocotools import mask as mask_utils
 
-    study = collect_studies(synthetic_dataset / "datalist.json", split="labeled")[0]
+    study = _study_with_chest_lesions(synthetic_dataset)
     source = study.items[0]["image"]
     before = _sha(source)
-    parser = _oracle_parser(class_map, synthetic_dataset / "datalist.json", split="labeled", max_studies=1)
+    parser = _oracle_parser(class_map, source)
     parser["handlers"] = ConfigParser.load_config_file(str(ROOT / "configs" / "inference.json"))["handlers"]
     parser["output_dir"] = str(tmp_path / "out")
     (prediction,) = predict_studies(parser.get_parsed_content("evaluator"))
