@@ -336,7 +336,7 @@ def test_inference_json_serves_a_unet_through_the_bundle_runner(tiny, class_map)
     result = _run(tiny, "infer_unet", *configs, extra=extra, run_id="run")
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
-    (study,) = load_datalist(tiny / "data" / "datalist.json")["test"]
+    study = load_datalist(tiny / "data" / "datalist.json")["test"][0]  # one study, two views
     folder = out / study["patient_id"]
     report = json.loads((folder / "report.json").read_text())
     assert report["model"]["checkpoint"] == str(model_dir / "model.pt")

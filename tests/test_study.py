@@ -51,6 +51,7 @@ def result(variant, seed, machine, ap50, f1=None, labeled=1.0, per_class_f1=None
         "name": run.name,
         "profile": "smoke",
         "steps": 2,
+        "generator_version": PROFILES["smoke"].generator_version,
         "labeled_views": round(8 * labeled),
         "unlabeled_views": 8 if unlabeled else 0,
         "train_seconds": 30.0,
