@@ -56,6 +56,7 @@ __all__ = [
     "input_roots",
     "check_output_dir",
     "load_weights",
+    "state_dict_mismatch",
     "VIEW_RULES",
     "PlannedView",
     "plan_study",
@@ -233,10 +234,42 @@ def check_output_dir(
     return out
 
 
+def state_dict_mismatch(network: torch.nn.Module, state: Mapping[str, Any]) -> str | None:
+    """How ``state`` differs from ``network``'s tensors, in one line; None when every tensor fits.
+
+    What ``load_state_dict`` would list key by key (hundreds of names for weights of another network), counted.
+
+    Args:
+        network: the network (unwrapped if data-parallel).
+        state: a state dict.
+    """
+    module = network.module if hasattr(network, "module") else network
+    expected = module.state_dict()
+    missing = [key for key in expected if key not in state]
+    foreign = [key for key in state if key not in expected]
+    reshaped = [
+        key
+        for key in expected
+        if key in state and hasattr(state[key], "shape") and tuple(state[key].shape) != tuple(expected[key].shape)
+    ]
+    if not (missing or foreign or reshaped):
+        return None
+    first = (missing or foreign or reshaped)[0]
+    return (
+        f"{len(missing)} of the network's {len(expected)} tensors are missing from the file, {len(foreign)} of its "
+        f"{len(state)} are not the network's, {len(reshaped)} have another shape (first: {first!r})"
+    )
+
+
 def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
     """Load a bundle checkpoint into ``network`` with ``weights_only=True`` (a foreign file cannot run code).
 
     Accepts ``model.pt`` (a state dict) and training checkpoints (``{"model": state dict, ...}``).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: naming the file, when it is no checkpoint or its tensors are not the network's
+            (:func:`state_dict_mismatch`).
     """
     path = Path(path)
     if not path.is_file():
@@ -247,6 +280,9 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.
         raise ValueError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {e})") from e
     if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
         state = state["model"]
+    mismatch = state_dict_mismatch(network, state)
+    if mismatch is not None:
+        raise ValueError(f"{path}: not weights of the configured network: {mismatch}")
     module = network.module if hasattr(network, "module") else network
     module.load_state_dict(state)
     return network

@@ -23,7 +23,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from malignet_bundle.atomic_io import write_json_atomic
 from malignet_bundle.data.class_map import ClassMap
 from malignet_bundle.data.label_store import datalist_from_label_maps
-from malignet_bundle.engines.inference import load_weights, predict_studies
+from malignet_bundle.engines.inference import load_weights, predict_studies, state_dict_mismatch
 from malignet_bundle.engines.operating_point import OperatingPoint, copy_model, read_operating_point
 from malignet_bundle.networks.selection import (
     DEFAULT_NETWORK,
@@ -66,34 +66,14 @@ def _applicable(overrides: Mapping[str, Any] | None, configs: Sequence[Path]) ->
 
 
 def _weights_mismatch(network: torch.nn.Module, weights: Path) -> str | None:
-    """How the tensors of ``weights`` differ from ``network``'s, in a line; None when they fit (or cannot be read).
-
-    What ``load_state_dict`` would list key by key (hundreds of names for another network), counted.
-    """
+    """:func:`~malignet_bundle.engines.inference.state_dict_mismatch` of the file; None when it cannot be read."""
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception:  # not a checkpoint at all: the loader's own error names the file and says so
         return None
     if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
         state = state["model"]
-    if not isinstance(state, Mapping):
-        return None
-    module = network.module if hasattr(network, "module") else network
-    expected = module.state_dict()
-    missing = [key for key in expected if key not in state]
-    foreign = [key for key in state if key not in expected]
-    reshaped = [
-        key
-        for key in expected
-        if key in state and hasattr(state[key], "shape") and tuple(state[key].shape) != tuple(expected[key].shape)
-    ]
-    if not (missing or foreign or reshaped):
-        return None
-    first = (missing or foreign or reshaped)[0]
-    return (
-        f"{len(missing)} of the network's {len(expected)} tensors are missing from the file, {len(foreign)} of its "
-        f"{len(state)} are not the network's, {len(reshaped)} have another shape (first: {first!r})"
-    )
+    return state_dict_mismatch(network, state) if isinstance(state, Mapping) else None
 
 
 def _check_weights_fit(
