@@ -125,6 +125,35 @@ def test_datalist_from_label_maps_round_trips_the_annotations(synthetic_dataset,
         datalist_from_label_maps([], [], tmp_path / "empty", class_map)
 
 
+def test_validation_studies_are_ones_with_lesions_when_there_are_enough(synthetic_dataset, class_map, tmp_path, caplog):
+    image = str(synthetic_dataset / load_datalist(synthetic_dataset / "datalist.json")["labeled"][0]["image"])
+    nm = read_nm_views(image)
+    shape = (len(nm.frames), *nm.frames[0].shape)
+
+    def study(study_id: str, lesion: bool) -> tuple[str, str, Path]:
+        label_map = np.zeros(shape, np.uint8)
+        if lesion:
+            label_map[0, 40:46, 30:36] = class_map.malignant_label
+        return study_id, image, write_label_map(label_map, (2.26, 2.26), tmp_path / f"{study_id}.nii.gz")
+
+    def study_ids(items: list[dict]) -> set[str]:  # the converted annotations are <study id>_<view>.nii.gz
+        return {Path(item["label"]).name.split("_")[0] for item in items}
+
+    # the last study in id order has no lesions: the last one that has any is held out instead
+    labeled = [study("S0", True), study("S1", True), study("S2", True), study("S3", False)]
+    with caplog.at_level(logging.WARNING):
+        out = datalist_from_label_maps(labeled, [], tmp_path / "a", class_map, validation_fraction=0.25)
+    assert study_ids(out["validation"]) == {"S2"} and "no lesions" not in caplog.text
+    assert study_ids(out["labeled"]) == {"S0", "S1", "S3"}
+    # a single study with lesions stays in training; the lesion-free validation is named in a warning
+    caplog.clear()
+    labeled = [study("S0", True), study("S1", False), study("S2", False)]
+    with caplog.at_level(logging.WARNING):
+        out = datalist_from_label_maps(labeled, [], tmp_path / "b", class_map, validation_fraction=0.25)
+    assert study_ids(out["validation"]) == {"S2"}
+    assert "validation studies have no lesions (1 of 3" in caplog.text
+
+
 # ids that would name a file outside the work folder, or no plain file at all
 UNSAFE_IDS = [
     "../x",

@@ -87,7 +87,11 @@ def datalist_from_label_maps(
         work_dir: where the annotations and the datalist go.
         class_map: class ids of the label maps → class names.
         validation_fraction: share of the annotated studies (at least one) held out for validation; with a
-            single annotated study it is used for both, and a warning says so.
+            single annotated study it is used for both, and a warning says so. The held-out studies are the
+            last in id order among those with lesions, as long as one with lesions is left to train on: a
+            validation split of lesion-free studies cannot tell a trained epoch from an early one (every
+            epoch scores the same F1), so the best-epoch choice would keep the first; a warning says when
+            it cannot be avoided.
 
     Raises:
         ValueError: naming the id, for a study id that is not one plain file name (before anything is
@@ -101,6 +105,7 @@ def datalist_from_label_maps(
     work_dir = Path(work_dir)
     labels_dir = work_dir / "labels"
     studies: list[list[dict]] = []
+    has_lesions: list[bool] = []
     for study_id, image, label in sorted(labeled, key=lambda s: s[0]):
         nm = read_nm_views(image)  # DicomInputError (a ValueError) names the file
         frames = len(nm.frames)
@@ -115,11 +120,24 @@ def datalist_from_label_maps(
                 {"image": str(image), "view": view, "patient_id": _patient_id(nm.dataset, study_id), "label": str(path)}
             )
         studies.append(items)
+        has_lesions.append(bool(label_map.any()))
     held_out = max(1, round(validation_fraction * len(studies))) if len(studies) > 1 else 0
     if held_out == 0:
         logger.warning("one annotated study: it is used for training and validation alike")
-    train_studies = studies[: len(studies) - held_out]
-    validation_studies = studies[len(studies) - held_out :] or studies
+    with_lesions = [k for k, has in enumerate(has_lesions) if has]
+    if held_out and len(with_lesions) > held_out:
+        validation_indices = set(with_lesions[-held_out:])
+    else:
+        validation_indices = set(range(len(studies) - held_out, len(studies)))
+        if held_out and not any(has_lesions[k] for k in validation_indices):
+            logger.warning(
+                "the validation studies have no lesions (%d of %d annotated studies have any): the best epoch "
+                "cannot be chosen on them; annotate more studies with lesions",
+                len(with_lesions),
+                len(studies),
+            )
+    train_studies = [study for k, study in enumerate(studies) if k not in validation_indices]
+    validation_studies = [study for k, study in enumerate(studies) if k in validation_indices] or studies
     unlabeled_items = []
     for study_id, image in unlabeled:
         try:
