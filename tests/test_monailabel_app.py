@@ -113,6 +113,8 @@ def server(tmp_path_factory, class_map):
     command += ["--conf", "overrides", str(overrides), "--conf", "work_dir", str(root / "train_runs")]
     command += ["--conf", "bundle_python", sys.executable]
     env = {**os.environ, "MONAI_LABEL_SESSION_PATH": str(root / "sessions"), "PYTHONUNBUFFERED": "1"}
+    (root / "tmp").mkdir()
+    env["TMPDIR"] = str(root / "tmp")  # the server's temporary files, to see that it leaves none behind
     env["PATH"] = f"{MONAILABEL.parent}{os.pathsep}{env.get('PATH', '')}"  # its launcher runs `python` from PATH
     process = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -125,6 +127,7 @@ def server(tmp_path_factory, class_map):
             "studies": studies,
             "truth": truth,
             "log": root / "server.log",
+            "tmp": root / "tmp",
         }
     finally:
         if process.poll() is None:
@@ -255,3 +258,10 @@ def test_save_labels_train_then_infer_on_the_study(server):
         timeout=60,
     )
     assert refused.status_code == 400 and "score_threshold must be a number" in refused.text
+
+    # every infer's working folder is gone with its response, and each label file once it was sent
+    assert not list(server["tmp"].glob("malignet_infer_*"))
+    deadline = time.monotonic() + 60  # MONAI Label removes a sent file in a task after the response
+    while list(server["tmp"].glob("malignet_label_*")) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not list(server["tmp"].glob("malignet_label_*"))

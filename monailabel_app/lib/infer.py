@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -95,13 +96,20 @@ class MaligNetInferTask(InferTask):
             image = check_inside(self.studies, str(request.get("image") or ""))
             threshold = request_threshold(request.get("score_threshold", self.config()["score_threshold"]))
         output = Path(tempfile.mkdtemp(prefix="malignet_infer_"))
-        args = ["--image", str(image), "--output_dir", str(output)]
-        if threshold is not None:
-            args += ["--score_threshold", str(threshold)]
-        if self.runner.device:
-            args += ["--device", self.runner.device]
-        self.runner.run("infer", *args)
-        result = json.loads((output / "result.json").read_text())
-        (output / "result.json").unlink()  # MONAI Label removes the label file once it is sent
+        try:
+            args = ["--image", str(image), "--output_dir", str(output)]
+            if threshold is not None:
+                args += ["--score_threshold", str(threshold)]
+            if self.runner.device:
+                args += ["--device", self.runner.device]
+            self.runner.run("infer", *args)
+            result = json.loads((output / "result.json").read_text())
+            # MONAI Label removes the returned label file once it is sent, but not a folder around it: the file
+            # moves out to the temporary folder itself and the run's folder goes, also when the run failed
+            handle, label_file = tempfile.mkstemp(prefix="malignet_label_", suffix=".nii.gz")
+            os.close(handle)
+            os.replace(output / "label.nii.gz", label_file)
+        finally:
+            shutil.rmtree(output, ignore_errors=True)
         logger.info("%s: %d lesions", request["image"], len(result["lesions"]))
-        return str(output / "label.nii.gz"), result
+        return label_file, result
