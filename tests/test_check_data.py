@@ -119,12 +119,30 @@ def test_check_passes_clean_dataset_and_rejects_missing_datalist(synthetic_datas
     ok = run_script(
         "check_data", "--datalist", str(synthetic_dataset / "datalist.json"), "--dataset_dir", str(synthetic_dataset)
     )
-    assert ok.returncode == 0 and "0 errors" in ok.stdout, ok.stdout + ok.stderr
+    assert ok.returncode == 0 and "0 errors, 0 warnings" in ok.stdout, ok.stdout + ok.stderr
     missing = run_script("check_data", "--datalist", str(tmp_path / "nope.json"), "--dataset_dir", str(tmp_path))
     assert missing.returncode == 1 and "nope.json: datalist not found" in missing.stdout
     (tmp_path / "empty.json").write_text(json.dumps({"labeled": [], "unlabeled": []}))
     empty = run_script("check_data", "--datalist", str(tmp_path / "empty.json"), "--dataset_dir", str(tmp_path))
     assert empty.returncode == 1 and "'labeled' split is empty" in empty.stdout
+
+
+def test_check_warns_about_synthetic_data_of_an_older_generator(synthetic_dataset, tmp_path):
+    # the same files, seen from a folder whose dataset.json says another generator made them
+    old = tmp_path / "old"
+    old.mkdir()
+    for entry in synthetic_dataset.iterdir():
+        if entry.name != "dataset.json":
+            (old / entry.name).symlink_to(entry)
+    summary = json.loads((synthetic_dataset / "dataset.json").read_text())
+    write_json_atomic({**summary, "generator_version": 1}, old / "dataset.json")
+    checked = run_script("check_data", "--datalist", str(old / "datalist.json"), "--dataset_dir", str(old))
+    assert checked.returncode == 0 and "0 errors, 1 warnings" in checked.stdout, checked.stdout + checked.stderr
+    assert f"{old / 'dataset.json'}: synthetic data of generator version 1, the current one is 2" in checked.stdout
+    # another tool's dataset.json (a Medical Segmentation Decathlon one, say) is none of the check's business
+    write_json_atomic({"name": "BoneScan", "labels": {"0": "background"}}, old / "dataset.json")
+    other = run_script("check_data", "--datalist", str(old / "datalist.json"), "--dataset_dir", str(old))
+    assert other.returncode == 0 and "0 errors, 0 warnings" in other.stdout, other.stdout
 
 
 def test_contact_sheet_script(synthetic_dataset, tmp_path):

@@ -12,6 +12,7 @@ is a warning here, counted in the summary, rather than the reader's Python warni
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import warnings
@@ -24,6 +25,7 @@ from malignet_bundle.data.annotations import AnnotationError, load_annotation
 from malignet_bundle.data.class_map import ClassMap
 from malignet_bundle.data.datalist import SPLITS, DatalistError, load_datalist
 from malignet_bundle.data.nm_dicom import DicomInputError, InputFileError, read_nm_header, read_nm_views
+from malignet_bundle.data.synthesize import GENERATOR_VERSION
 
 __all__ = [
     "Problem",
@@ -172,6 +174,30 @@ def duplicate_problems(entries: list[dict]) -> list[tuple[str, str]]:
     return problems
 
 
+def _check_synthetic_version(dataset_dir: Path, report: CheckReport) -> None:
+    """Warn when the folder holds synthetic data of another generator version than the current one.
+
+    Its ``dataset.json`` (written by :func:`~malignet_bundle.data.synthesize.write_dataset`, recognised by its
+    ``lesions_drawn``; a missing ``generator_version`` is version 1) says which. A folder kept from an earlier
+    ``make data`` is reused as it is, so a user would otherwise train on the old scans without knowing.
+    """
+    summary_path = dataset_dir / "dataset.json"
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (OSError, ValueError):
+        return  # no summary, or another tool's: not synthetic data of this bundle
+    if not isinstance(summary, dict) or "lesions_drawn" not in summary:
+        return
+    version = summary.get("generator_version", 1)
+    if version != GENERATOR_VERSION:
+        report.add(
+            "warning",
+            summary_path,
+            f"synthetic data of generator version {version}, the current one is {GENERATOR_VERSION}; "
+            "scripts/synthesize.py into a new folder (or `make data` after removing this one) makes it",
+        )
+
+
 def check_dataset(
     datalist_path: str | os.PathLike,
     dataset_dir: str | os.PathLike,
@@ -186,8 +212,8 @@ def check_dataset(
     repeated view codes), views not in the file, missing or malformed annotations, annotation/image size
     mismatches, unknown class names, polygons outside the image or with NaN/infinite coordinates, empty
     masks, annotated splits without labels, an empty labeled split, patients in more than one split, and
-    duplicate images (by path, content hash, SOPInstanceUID, and pixel hash when decoding). Files are opened
-    read-only; nothing is written.
+    duplicate images (by path, content hash, SOPInstanceUID, and pixel hash when decoding); warns about
+    synthetic data of an older generator version. Files are opened read-only; nothing is written.
 
     Args:
         datalist_path: the datalist JSON.
@@ -204,6 +230,7 @@ def check_dataset(
         report.add("error", datalist_path, str(e).split(": ", 1)[-1])
         return report
     dataset_dir = Path(dataset_dir)
+    _check_synthetic_version(dataset_dir, report)
     images: dict[Path, _Image | None] = {}
     patients: dict[str, set[str]] = defaultdict(set)
     lesions: dict[str, int] = defaultdict(int)
