@@ -13,6 +13,9 @@ unlabeled forward that MaligNet and the Mask R-CNN baseline share.
   (``configs/self_training.json``); the step stays the one the other configs chose.
 - :mod:`.mean_teacher`: an EMA teacher labels weakly augmented unlabeled crops for the student on strongly
   augmented ones (``configs/mean_teacher.json``); on a network with the ladder FPN both costs train.
+- :mod:`.segmentation_mean_teacher`: the mean teacher of the pixel-level networks: the EMA teacher's class
+  probabilities on one perturbation of an unlabeled crop are the targets of the student on another
+  (``configs/segmentation_mean_teacher.json`` after ``configs/segmentation.json``).
 - :mod:`.selection`: method names (per network) → config overrides (the MONAI Label train task's ``method``).
 """
 
