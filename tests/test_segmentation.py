@@ -9,6 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from monai.bundle import ckpt_export
 from monai.networks.nets import BasicUNet
 
 from malignet_bundle.data.datalist import load_datalist
@@ -26,7 +27,7 @@ from malignet_bundle.outputs.dicom_seg import read_dicom_seg_masks
 from malignet_bundle.semi_supervised.segmentation_mean_teacher import SegmentationMeanTeacher, sigmoid_ramp_up
 from malignet_bundle.transforms.label_maps import InstanceLabelMapd, instance_label_map, prepare_segmentation_batch
 
-from .conftest import bundle_command
+from .conftest import ROOT, bundle_command
 
 # hand-made 4 × 4 maps (classes 1 malignant, 2 other): worked out in test_pixel_protocol_exact_numbers
 GROUND_TRUTH = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 2, 2], [0, 0, 0, 0]])
@@ -347,3 +348,36 @@ def test_inference_json_serves_a_unet_through_the_bundle_runner(tiny, class_map)
     _, _, masks = read_dicom_seg_masks(folder / "seg_anterior.dcm")
     assert masks.shape == (1024, 256, class_map.num_classes)
     assert (folder / "overlay.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("double", [False, True], ids=["unet", "double_unet"])
+def test_ckpt_export_scripts_the_pixel_level_network_from_model_pt(tmp_path, class_map, double):
+    """MONAI's ``ckpt_export`` of ``export_network_def``: the scripted network's probabilities are the trained one's."""
+    classes = class_map.num_classes + 1
+    features = [8, 16, 32] if double else json.loads(TINY_UNET[1])
+    torch.manual_seed(0)
+    if double:
+        network = DoubleUNet(out_channels=classes, features=features)
+    else:
+        network = BasicUNet(spatial_dims=2, in_channels=1, out_channels=classes, features=features)
+    trained = SemanticSegmenter(network, classes)
+    torch.save(trained.state_dict(), tmp_path / "model.pt")
+    configs = ["train.json", "inference.json", "segmentation.json", *(["double_unet.json"] if double else [])]
+    # what `python -m monai.bundle ckpt_export export_network_def --config_file ...` calls, in this process
+    ckpt_export(
+        net_id="export_network_def",
+        filepath=str(tmp_path / "model.ts"),
+        ckpt_file=str(tmp_path / "model.pt"),
+        meta_file=str(ROOT / "configs" / "metadata.json"),
+        config_file=[str(ROOT / "configs" / name) for name in configs],
+        bundle_root=str(ROOT),
+        ckpt_dir=str(tmp_path),
+        segmentation_features=features,
+    )
+    scripted = torch.jit.load(str(tmp_path / "model.ts"))
+    crops = torch.rand(2, 1, 64, 48, generator=torch.Generator().manual_seed(1))
+    trained.eval()
+    with torch.no_grad():
+        expected, got = trained.probabilities(list(crops)), scripted(crops)
+    assert got.shape == (2, classes, 64, 48)
+    torch.testing.assert_close(got, expected)

@@ -91,11 +91,14 @@ class _Decoder(nn.Module):
         )
         self.head = Conv[Conv.CONV, spatial_dims](features[0], out_channels, kernel_size=1)
 
-    def forward(self, bottleneck: Tensor, skips: Sequence[Tensor]) -> Tensor:
+    def forward(self, bottleneck: Tensor, skips: list[Tensor]) -> Tensor:
         """Class logits; ``skips`` per level, full resolution first, each the concatenated skip features."""
         x = bottleneck
-        for up, excitation, skip in zip(self.ups, self.excitations, reversed(skips), strict=True):
-            x = excitation(up(x, skip))
+        level = len(skips)
+        # indexing, not zip(strict=True) or reversed(): TorchScript scripts this loop (networks/export.py)
+        for up, excitation in zip(self.ups, self.excitations):  # noqa: B905 - built to one length; no strict in TorchScript
+            level -= 1
+            x = excitation(up(x, skips[level]))
         return self.head(x)
 
 
@@ -165,7 +168,7 @@ class DoubleUNet(nn.Module):
         # the first U-Net's foreground probability decides where the second one looks
         gate = 1.0 - torch.softmax(first, dim=1)[:, :1]
         levels2 = self.encoder2(x * gate)
-        skips = [torch.cat((a, b), dim=1) for a, b in zip(levels1[:-1], levels2[:-1], strict=True)]
+        skips = [torch.cat((levels1[i], levels2[i]), dim=1) for i in range(len(levels2) - 1)]
         final = self.decoder2(self.aspp2(levels2[-1]), skips)
         if self.training and self.deep_supervision:
             return torch.stack((final, first), dim=1)

@@ -1,4 +1,4 @@
-"""Inference-only MaligNet for deployment: TorchScript and ONNX, no ladder decoder, no noise, no training branches.
+"""Inference-only networks for deployment: TorchScript and ONNX, no ladder decoder, no noise, no training branches.
 
 In evaluation the ladder FPN *is* torchvision's FPN with the same weights, so the deployed network carries a
 plain ``FeaturePyramidNetwork`` (of the trained model's own widths: ResNet-50 with a 256-channel pyramid,
@@ -14,6 +14,9 @@ is what lets ``configs/inference.json`` define it as ``network_def`` (:func:`inf
 ONNX (:func:`export_onnx`) goes through PyTorch's TorchScript-based exporter (``dynamo=False``), the path
 torchvision's Mask R-CNN is tested on: one image per call, any height and width (the network resizes it),
 outputs ``boxes`` (N, 4), ``labels`` (N,), ``scores`` (N,), ``masks`` (N, 1, H, W), N ≥ 0.
+
+The pixel-level baselines deploy as :class:`SegmentationPredictor` (class probabilities per pixel of a crop),
+scripted by ``ckpt_export export_network_def`` from ``configs/segmentation.json`` [+ ``double_unet.json``].
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from malignet_bundle.networks.malignet import MaligNet
 
 __all__ = [
     "MaligNetPredictor",
+    "SegmentationPredictor",
     "inference_network",
     "export_torchscript",
     "export_onnx",
@@ -145,6 +149,31 @@ def inference_network(**kwargs: Any) -> MaligNetPredictor:
             "run such a model with network_def#_target_ malignet_bundle.networks.malignet.MaligNet (not exportable)"
         )
     return MaligNetPredictor(MaligNet(**{**kwargs, "ladder": False}))
+
+
+class SegmentationPredictor(nn.Module):
+    """The evaluation path of a pixel-level network: class probabilities per pixel, for ``torch.jit.script``.
+
+    The deployable part of :class:`~malignet_bundle.networks.segmentation.SemanticSegmenter` (MONAI
+    ``BasicUNet``, :class:`~malignet_bundle.networks.double_unet.DoubleUNet`): its state dict is the
+    segmenter's (``network.*``; the loss has no weights), so a training's ``model.pt`` loads into it as it is,
+    and ``configs/segmentation.json``'s ``export_network_def`` is what ``ckpt_export`` scripts. The chest crop
+    and its scaling come before it (``configs/inference.json``'s ``view_transforms``); the lesions, each
+    connected region of one class of the argmax scored by its mean foreground probability
+    (:mod:`~malignet_bundle.metrics.label_instances`), after it.
+
+    Args:
+        network: the class-logit network, (B, 1, H, W) → (B, C + 1, H, W) in evaluation.
+    """
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+        self.eval()
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(B, 1, H, W) crops, sides divisible by 2 ** (levels − 1) → (B, C + 1, H, W) float32 probabilities."""
+        return torch.softmax(self.network(images).float(), dim=1)
 
 
 def export_torchscript(model: MaligNet | MaligNetPredictor, path: str | os.PathLike) -> torch.jit.ScriptModule:
