@@ -12,9 +12,10 @@ DEMO_NETWORK ?= cpu
 ifeq ($(DEMO_NETWORK),cpu)
 SIZE_CONFIG := ,'configs/cpu.json'
 endif
-# 40 labeled studies = 80 views = 20 steps an epoch: 30 epochs = 600 steps. A fresh clone's 45-epoch demo
-# scored test AP50 0.61 / mean F1 0.74; its epoch-25 model, which a 30-epoch demo keeps as model.pt (best on
-# validation), AP50 0.49 / mean F1 0.63 (docs/BENCHMARKS.md). Validation every 5 epochs picks model.pt.
+# 40 labeled studies = 80 views = 20 steps an epoch: 30 epochs = 600 steps. On generator-version-1 data a fresh
+# clone's 45-epoch demo scored test AP50 0.61 / mean F1 0.74, its 30-epoch model.pt AP50 0.49 / mean F1 0.63;
+# on version 2 (the default since 2026-12-03) the 30-epoch demo scores AP50 0.18 / mean F1 0.27, below the
+# 0.30 it should reach (docs/BENCHMARKS.md, Training time). Validation every 5 epochs picks model.pt.
 DEMO_EPOCHS ?= 30
 DEMO_VAL_INTERVAL ?= 5
 CHEST_EPOCHS ?= 25
