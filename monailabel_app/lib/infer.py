@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -95,8 +94,10 @@ class MaligNetInferTask(InferTask):
         with refusing():  # the app resolved a datastore id to its file; a second look costs nothing
             image = check_inside(self.studies, str(request.get("image") or ""))
             threshold = request_threshold(request.get("score_threshold", self.config()["score_threshold"]))
-        output = Path(tempfile.mkdtemp(prefix="malignet_infer_"))
-        try:
+        # MONAI Label removes the returned label file once it is sent, but not a folder around it: the file
+        # moves out to the temporary folder itself, and the run's folder goes with the block, also on failure
+        with tempfile.TemporaryDirectory(prefix="malignet_infer_") as folder:
+            output = Path(folder)
             args = ["--image", str(image), "--output_dir", str(output)]
             if threshold is not None:
                 args += ["--score_threshold", str(threshold)]
@@ -104,12 +105,8 @@ class MaligNetInferTask(InferTask):
                 args += ["--device", self.runner.device]
             self.runner.run("infer", *args)
             result = json.loads((output / "result.json").read_text())
-            # MONAI Label removes the returned label file once it is sent, but not a folder around it: the file
-            # moves out to the temporary folder itself and the run's folder goes, also when the run failed
             handle, label_file = tempfile.mkstemp(prefix="malignet_label_", suffix=".nii.gz")
             os.close(handle)
             os.replace(output / "label.nii.gz", label_file)
-        finally:
-            shutil.rmtree(output, ignore_errors=True)
         logger.info("%s: %d lesions", request["image"], len(result["lesions"]))
         return label_file, result
