@@ -410,13 +410,17 @@ def test_cpu_json_is_one_network_for_train_baseline_evaluate_and_inference(tiny)
     MaligNet(image_size=96, **network).load_state_dict(state)  # ResNet-18, 64-channel pyramid, …
     assert state["backbone.fpn.layer_blocks.0.0.weight"].shape[0] == cpu["network_def#pyramid_channels"]
 
-    # with the forward under bfloat16 autocast, the CPU speed option (docs/BENCHMARKS.md): finite losses
-    bf16 = ("--bf16_on_cpu", "true")
-    baseline = _train(tiny, "cpu_baseline", "train.json", "baseline.json", "cpu.json", extra=bf16)
+    # with the forward under bfloat16 autocast, the CPU speed option (docs/BENCHMARKS.md): finite losses; and
+    # cosine_schedule.json (the demo's schedule), whose learning rate reaches 0 at the last step (2 here)
+    extra = ("--bf16_on_cpu", "true", "--warmup_iterations", "1")
+    schedule = ("cpu.json", "cosine_schedule.json")
+    baseline = _train(tiny, "cpu_baseline", "train.json", "baseline.json", *schedule, extra=extra)
     log = baseline.stdout + baseline.stderr
     assert baseline.returncode == 0, log[-4000:]
     losses = [float(v) for v in re.findall(r"-- loss: (\S+)", log)]
-    assert losses and all(math.isfinite(v) for v in losses)
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    latest = torch.load(tiny / "cpu_baseline" / "latest_checkpoint_epoch=1.pt", weights_only=True)
+    assert latest["lr_scheduler"]["last_epoch"] == 2 and latest["lr_scheduler"]["_last_lr"] == [0.0]
     MaligNet(image_size=96, ladder=False, global_features=False, **network).load_state_dict(
         torch.load(tiny / "cpu_baseline" / "model.pt", weights_only=True)
     )
