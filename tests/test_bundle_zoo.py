@@ -41,7 +41,7 @@ TINY = {
     "box_detections_per_img": 5,
 }
 # the packages the bundle pins that are tools of development, not of the bundle at run time
-DEV_TOOLS = {"pytest", "ruff", "jsonschema"}
+DEV_TOOLS = {"pytest", "pytest-xdist", "execnet", "ruff", "jsonschema"}
 
 
 def _pins() -> dict[str, str]:
