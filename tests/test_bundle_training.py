@@ -421,6 +421,10 @@ def test_cpu_json_is_one_network_for_train_baseline_evaluate_and_inference(tiny)
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
     latest = torch.load(tiny / "cpu_baseline" / "latest_checkpoint_epoch=1.pt", weights_only=True)
     assert latest["lr_scheduler"]["last_epoch"] == 2 and latest["lr_scheduler"]["_last_lr"] == [0.0]
+    # training on with more epochs would replay the finished schedule (climbing back to the full rate): refused
+    longer = _train(tiny, "cpu_baseline", "train.json", "baseline.json", *schedule, epochs=2, extra=extra)
+    assert longer.returncode != 0
+    assert "t_total 2 in the checkpoint, 4 configured" in longer.stdout + longer.stderr
     MaligNet(image_size=96, ladder=False, global_features=False, **network).load_state_dict(
         torch.load(tiny / "cpu_baseline" / "model.pt", weights_only=True)
     )

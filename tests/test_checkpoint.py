@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from monai.optimizers import WarmupCosineSchedule
 
 from malignet_bundle.atomic_io import TEMP_PREFIX, save_torch_atomic
 from malignet_bundle.engines.checkpoint import (
     AtomicDiskSaver,
     FinishedRunError,
+    check_resumed_schedule,
     prepare_resume,
     read_checkpoint_state,
 )
@@ -108,3 +110,46 @@ def test_atomic_torch_save_never_exposes_a_partial_file(tmp_path):
     with pytest.raises(OSError):
         save_torch_atomic({"a": torch.arange(5), "b": _FailsHalfway()}, target)
     assert torch.equal(torch.load(target, weights_only=True)["a"], torch.arange(10))
+
+
+def _scheduler(kind: str, total: int):
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    if kind == "cosine":  # configs/cosine_schedule.json: t_total = epochs * iterations per epoch
+        return optimizer, WarmupCosineSchedule(optimizer, warmup_steps=2, t_total=total)
+    return optimizer, torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=2)  # train.json
+
+
+def _trained_scheduler_checkpoint(path, kind: str, total: int) -> None:
+    optimizer, scheduler = _scheduler(kind, total)
+    for _ in range(total):
+        optimizer.step()
+        scheduler.step()
+    torch.save({"trainer": {"epoch_length": 5, "iteration": total}, "lr_scheduler": scheduler.state_dict()}, path)
+
+
+def test_a_resume_that_would_replay_another_schedule_length_is_refused(tmp_path):
+    path = tmp_path / "latest_checkpoint_epoch=2.pt"
+    _trained_scheduler_checkpoint(path, "cosine", total=10)
+    # the premise: loading the state restores the old length, and the cosine climbs back after its end
+    optimizer, longer = _scheduler("cosine", 20)
+    longer.load_state_dict(torch.load(path, weights_only=True)["lr_scheduler"])
+    assert longer.t_total == 10
+    for _ in range(8):
+        optimizer.step()
+        longer.step()
+    assert optimizer.param_groups[0]["lr"] > 0.9
+    # the check, before the load: another --epochs is refused with the file and both lengths named
+    with pytest.raises(ValueError, match=r"latest_checkpoint_epoch=2\.pt.*t_total 10 in the checkpoint, 20 configured"):
+        check_resumed_schedule(path, _scheduler("cosine", 20)[1])
+    # another kind of schedule than the one the run started with is refused too
+    with pytest.raises(ValueError, match="not a LinearLR"):
+        check_resumed_schedule(path, _scheduler("linear", 20)[1])
+    # the same schedule resumes; "" (no checkpoint) checks nothing
+    check_resumed_schedule(path, _scheduler("cosine", 10)[1])
+    check_resumed_schedule("", _scheduler("cosine", 20)[1])
+
+
+def test_the_default_warm_up_can_train_on_with_more_epochs(tmp_path):
+    path = tmp_path / "latest_checkpoint_epoch=2.pt"
+    _trained_scheduler_checkpoint(path, "linear", total=10)
+    check_resumed_schedule(path, _scheduler("linear", 40)[1])  # its length is the warm-up, not the run

@@ -9,7 +9,9 @@ the previous one only once the new one is complete.
 
 :func:`prepare_resume` chooses what a training in a ``ckpt_dir`` resumes from: the newest *complete*
 ``latest_checkpoint_*.pt`` by the epoch and iteration it records (never by file-listing order), skipping
-and naming damaged files; a finished run refuses to silently train 0 epochs.
+and naming damaged files; a finished run refuses to silently train 0 epochs. :func:`check_resumed_schedule`
+refuses a resume whose learning-rate schedule was sized for another length: the scheduler's state restores
+the checkpoint's length, so the run would follow the old schedule, not the configured one.
 """
 
 from __future__ import annotations
@@ -37,12 +39,16 @@ __all__ = [
     "FinishedRunError",
     "read_checkpoint_state",
     "prepare_resume",
+    "check_resumed_schedule",
 ]
 
 logger = logging.getLogger(__name__)
 
 LATEST_PREFIX = "latest"
 ARCHIVE_DIR = "previous_runs"
+# the state entries that size a learning-rate schedule (MONAI's warm-up schedules, torch's LinearLR,
+# CosineAnnealingLR, OneCycleLR); load_state_dict restores them from the checkpoint over the configured ones
+SCHEDULE_LENGTH_KEYS = ("t_total", "warmup_steps", "total_iters", "T_max", "total_steps")
 
 
 class AtomicDiskSaver(BaseSaveHandler):
@@ -239,3 +245,45 @@ def prepare_resume(ckpt_dir: str | os.PathLike, epochs: int, resume: bool = True
         )
     logger.info("resuming from %s (epoch %d of %d, iteration %d)", newest.path, newest.epoch, epochs, newest.iteration)
     return str(newest.path)
+
+
+def check_resumed_schedule(checkpoint: str | os.PathLike, lr_scheduler: Any, key: str = "lr_scheduler") -> None:
+    """Refuse to resume when the checkpoint's learning-rate schedule is not the configured one.
+
+    A scheduler's ``load_state_dict`` restores its length (e.g. ``WarmupCosineSchedule.t_total``) from
+    the checkpoint, so a run resumed with another ``--epochs`` under ``configs/cosine_schedule.json`` would
+    replay the old schedule: past its old end the cosine climbs back to the full learning rate. Schedules
+    whose length does not depend on the epochs (the default warm-up) pass, so such runs can train on.
+
+    Args:
+        checkpoint: the checkpoint the training resumes from (:func:`prepare_resume`); ``""`` checks nothing.
+        lr_scheduler: the configured scheduler, before the checkpoint is loaded into it.
+        key: the scheduler's entry in the checkpoint.
+
+    Raises:
+        ValueError: naming the file, when its schedule is of another kind or length than the configured one.
+    """
+    if not checkpoint:
+        return
+    path = Path(checkpoint)
+    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get(key)
+    if saved is None:
+        return
+    configured = lr_scheduler.state_dict()
+    name = type(lr_scheduler).__name__
+    length_keys = [k for k in SCHEDULE_LENGTH_KEYS if k in configured or k in saved]
+    if any(k not in configured or k not in saved for k in length_keys):
+        raise ValueError(
+            f"{path}: its learning-rate schedule is not a {name} (it has {sorted(k for k in length_keys if k in saved)}"
+            f", the configured one {sorted(k for k in length_keys if k in configured)}); resume with the configs the "
+            "run started with, or pass --resume false to start over."
+        )
+    changed = {k: (saved[k], configured[k]) for k in length_keys if saved[k] != configured[k]}
+    if changed:
+        sizes = ", ".join(f"{k} {old} in the checkpoint, {new} configured" for k, (old, new) in changed.items())
+        raise ValueError(
+            f"{path}: its {name} was sized for another run length ({sizes}). Resuming would follow the "
+            "checkpoint's schedule, not this one (a warm-up + cosine schedule climbs back to the full learning rate "
+            "after its end). Resume with the --epochs the run started with, or pass --resume false to start over "
+            f"(earlier files are moved to {path.parent / ARCHIVE_DIR})."
+        )
