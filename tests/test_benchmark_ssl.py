@@ -312,6 +312,19 @@ def test_smoke_profile_end_to_end_and_resumes(tmp_path):
     assert after["metrics"]["test_mean_f1"] == after["metrics"]["test_mean_f1_per_class_matching"]
     assert after["metrics"]["test_mean_f1_class_agnostic_matching"] == before["metrics"]["test_mean_f1"]
 
+    # the global-context ablation reads a finished run again: as trained it reproduces the run's evaluation,
+    # and the run's folder is left as it was
+    malignet_dir = out / "runs" / "steps2" / "malignet-l1-u1-s0"
+    files_before = {p: p.stat().st_mtime_ns for p in malignet_dir.rglob("*") if p.is_file()}
+    ablation = run_script("ablate_global_context", "--run_dirs", malignet_dir, "--output_dir", out / "context")
+    assert ablation.returncode == 0, ablation.stderr[-3000:]
+    probed = json.loads((out / "context" / "malignet-l1-u1-s0" / "global_context.json").read_text())
+    stored = runs["malignet-l1-u1-s0"]["metrics"]
+    assert probed["modes"]["as_trained"] == {k: stored[k] for k in probed["modes"]["as_trained"]}
+    assert set(probed["modes"]) == {"as_trained", "mean", "swapped"} and probed["images"] >= 2
+    assert {p: p.stat().st_mtime_ns for p in malignet_dir.rglob("*") if p.is_file()} == files_before
+    assert "| malignet-l1-u1-s0 |" in (out / "context" / "global_context.md").read_text()
+
     # a fresh clone holds only the kept results: the run is not trained again, and the report is rebuilt
     shutil.rmtree(out / "runs")
     fourth = run_script("benchmark_ssl", *args, *only)

@@ -170,10 +170,12 @@ VARIANT_COLORS = {
 }
 SWEEPS = ("table4", "labeled", "unlabeled", "why")
 DEFAULT_SWEEPS = ("table4", "labeled", "unlabeled")  # "why" is the follow-up investigation, run on demand
-# the study's paired comparisons, (name, row, reference row): the headline, then each semi-supervised row
-# against its base (Variant.base); a comparison without pairs in the results is left out of the report
+# the study's paired comparisons, (name, row, reference row): the headline, the global-feature classifier
+# alone (with the ladder's row against its base, it splits MaligNet's difference into its two parts), then
+# each semi-supervised row against its base (Variant.base); one without pairs is left out of the report
 COMPARISONS: tuple[tuple[str, str, str], ...] = (
     ("MaligNet vs Mask R-CNN", "malignet", "fpn"),
+    ("global features vs Mask R-CNN", "fpn_global", "fpn"),
     *((f"{v} vs {variant.base}", v, variant.base) for v, variant in VARIANTS.items() if variant.base),
 )
 # the rows of the labeled-data sweep whose data efficiency against Mask R-CNN at 100 % is estimated
