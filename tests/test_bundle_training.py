@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 
@@ -30,7 +31,28 @@ def tiny(tmp_path_factory, class_map):
     datalist["unlabeled"].append({"image": "studies/corrupt.dcm", "view": "anterior", "patient_id": "BROKEN"})
     (root / "data" / "datalist.json").write_text(json.dumps(datalist))
     train_chest_detector(datalist, root / "data", class_map, root / "chest.pt", epochs=2, batch_size=4, progress=False)
-    return root
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _drop_each_tests_runs(request):
+    """Delete what a test of this module wrote into ``tiny`` once it is over, whatever its outcome.
+
+    Each test trains its own runs (checkpoints of 0.2-0.55 GB); kept to the end of the module they
+    add up to several GB. No test reads another's runs.
+    """
+    if "tiny" not in request.fixturenames:
+        yield
+        return
+    root = request.getfixturevalue("tiny")
+    before = set(root.iterdir())
+    yield
+    for path in set(root.iterdir()) - before:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _free_port() -> int:
