@@ -12,6 +12,7 @@ from monai.bundle import ConfigParser
 
 from malignet_bundle.experiments.ssl_benchmark import (
     CONFIG_DIR,
+    MEAN_TEACHER_VARIANTS,
     PROFILES,
     VARIATIONS,
     RunSpec,
@@ -64,7 +65,8 @@ def test_why_sweep_plans_each_change_beside_the_unchanged_runs():
     names = [r.name for r in runs]
     assert names[:2] == ["fpn-l1-s0", "malignet-l1-u1-s0"]  # the references, trained once with table4
     assert "fpn-l1-s0-steps3x" in names and "malignet-l1-u1-s0-noise0.1" in names
-    assert len(runs) == 2 + sum(len(v.variants) for v in VARIATIONS.values())
+    supervised_or_ladder = [v for k in VARIATIONS.values() for v in k.variants if v not in MEAN_TEACHER_VARIANTS]
+    assert len(runs) == 2 + len(supervised_or_ladder)  # the teacher-student changes only when those rows are asked
     # on demand only: the default run stays inside its 2.5-hour budget
     assert not any(r.variation for r in plan_runs(PROFILES["cpu"]))
     with pytest.raises(ValueError, match="unknown variation"):
@@ -78,6 +80,8 @@ def test_why_sweep_plans_each_change_beside_the_unchanged_runs():
     ]
     with pytest.raises(ValueError, match="unknown variations"):
         plan_runs(PROFILES["cpu"], ["why"], variations=["dropout"])
+    capped = plan_runs(PROFILES["cpu"], ["why"], seeds=[2], variants=["fpn_mt"], variations=["mt_cap3"])
+    assert [r.name for r in capped] == ["fpn_mt-l1-u1-s2", "fpn_mt-l1-u1-s2-mt_cap3"]
 
 
 def test_variation_changes_only_what_it_names(tmp_path):
@@ -93,6 +97,8 @@ def test_variation_changes_only_what_it_names(tmp_path):
     plain = run_overrides(RunSpec("malignet", 0), **kwargs)
     noisy = run_overrides(RunSpec("malignet", 0, variation="noise0.3"), **kwargs)
     assert noisy.pop("noise_ratio") == 0.3 and noisy == plain
+    capped = run_overrides(RunSpec("fpn_mt", 0, variation="mt_cap3"), **kwargs)
+    assert capped.pop("teacher_max_pseudo_lesions") == 3 and capped == run_overrides(RunSpec("fpn_mt", 0), **kwargs)
     longer = run_overrides(RunSpec("fpn", 0, variation="steps3x"), **kwargs)
     # 2 iterations per epoch (4 views, batch 2): the 2-iteration budget becomes 6, i.e. 3 epochs
     assert longer["epochs"] == 3 and longer["train#trainer#epoch_length"] == 2

@@ -201,6 +201,19 @@ def test_teacher_detections_become_binary_pseudo_targets_above_the_threshold():
     assert teacher.roi_heads.score_thresh == 0.7  # the network's own threshold is back
 
 
+def test_a_cap_keeps_each_crops_highest_scored_pseudo_lesions():
+    teacher = tiny_net(2)
+    images = [unlabeled_crop(k)["image"] for k in range(2)]
+    everything = predict_pseudo_targets(teacher, images, threshold=0.0)
+    assert max(len(t["labels"]) for t in everything) > 2  # so that the cap has something to cut
+    capped = predict_pseudo_targets(teacher, images, threshold=0.0, max_per_image=2)
+    for full, cut in zip(everything, capped, strict=True):
+        assert len(cut["labels"]) == min(2, len(full["labels"]))
+        assert torch.equal(cut["scores"].sort(descending=True).values, full["scores"].sort(descending=True).values[:2])
+    with pytest.raises(ValueError, match="max_pseudo_lesions"):
+        MeanTeacher(tiny_net(0), max_pseudo_lesions=0)
+
+
 def test_resume_restores_the_teacher_and_the_step_count(tmp_path):
     # no pseudo-lesion reaches 0.99 here: resume does not depend on them, and the steps stay short
     student = tiny_net(3)

@@ -397,6 +397,21 @@ VARIATIONS: dict[str, Variation] = {
     "steps3x_ladder_weight0.1": Variation(
         "3× the step budget and λ_us 0.1", {"loss_weights#loss_ladder": 0.1}, iterations_factor=3.0
     ),
+    # the mean teacher's guards against its runaway pseudo-lesion count (confirmation bias, Result 5):
+    # trained for the teacher-student rows only, each compared with the unchanged row of its seed
+    "mt_threshold0.9": Variation(
+        "teacher confidence threshold 0.9 (default 0.7)", {"teacher_threshold": 0.9}, variants=MEAN_TEACHER_VARIANTS
+    ),
+    "mt_unsupervised_weight1": Variation(
+        "pseudo-label loss weight 1 (default 4)",
+        {"loss_weights#loss_unsupervised": 1.0},
+        variants=MEAN_TEACHER_VARIANTS,
+    ),
+    "mt_cap3": Variation(
+        "at most 3 pseudo-lesions per crop (default: no cap)",
+        {"teacher_max_pseudo_lesions": 3},
+        variants=MEAN_TEACHER_VARIANTS,
+    ),
 }
 
 
@@ -476,7 +491,12 @@ def plan_runs(
             wanted += [RunSpec(v, seed, 1.0, f) for v in ("malignet", *teachers) for f in profile.unlabeled_fractions]
         if "why" in sweeps:
             wanted += [RunSpec(v, seed) for v in ("fpn", "malignet", *teachers)]
-            wanted += [RunSpec(v, seed, variation=k) for k in changes for v in VARIATIONS[k].variants]
+            wanted += [
+                RunSpec(v, seed, variation=k)
+                for k in changes
+                for v in VARIATIONS[k].variants
+                if v not in MEAN_TEACHER_VARIANTS or v in teachers
+            ]
         if variants is not None:
             wanted = [r for r in wanted if r.variant in variants]
         for run in wanted:

@@ -84,7 +84,11 @@ MOMENTUM_STATE = "teacher_ema_momentum"  # engine.state attribute ignite's EMAHa
 
 @torch.no_grad()
 def predict_pseudo_targets(
-    teacher: torch.nn.Module, images: Sequence[Tensor], threshold: float = 0.7, mask_threshold: float = 0.5
+    teacher: torch.nn.Module,
+    images: Sequence[Tensor],
+    threshold: float = 0.7,
+    mask_threshold: float = 0.5,
+    max_per_image: int | None = None,
 ) -> list[dict[str, Tensor]]:
     """The teacher's detections scoring at least ``threshold`` on ``images``, as targets.
 
@@ -94,6 +98,7 @@ def predict_pseudo_targets(
         images: (C, H, W) images on the teacher's device.
         threshold: lowest detection score kept.
         mask_threshold: mask probability above which a pixel belongs to the lesion.
+        max_per_image: keep at most this many of an image's detections, the highest-scored; None: all.
 
     Returns:
         Per image ``masks`` (N, H, W) uint8, ``labels`` (N,) int64 and ``scores`` (N,), on the images' device.
@@ -109,7 +114,9 @@ def predict_pseudo_targets(
         teacher.train(was_training)
     targets = []
     for det in detections:
-        keep = det["scores"] >= threshold
+        keep = torch.nonzero(det["scores"] >= threshold).flatten()
+        if max_per_image is not None and len(keep) > max_per_image:
+            keep = keep[det["scores"][keep].topk(max_per_image).indices]
         targets.append(
             {
                 "masks": (det["masks"][keep, 0] > mask_threshold).to(torch.uint8),
@@ -179,12 +186,15 @@ class MeanTeacher(EMATeacherMethod):
             targets (Unbiased Teacher keeps them: they teach background; its focal loss, absent here, offsets
             the imbalance). False drops them from the pseudo-labeled group.
         min_pixels: pseudo-lesions with fewer mask pixels after augmentation are dropped.
+        max_pseudo_lesions: at most this many pseudo-lesions per unlabeled crop, the teacher's highest-scored;
+            None: every detection above ``threshold``. A cap holds a teacher whose count of confident
+            detections runs away (confirmation bias) near the number of lesions a crop can hold.
         seed: seed of ``strong_augmentation``'s random state; None: drawn from torch's generator (seeded by
             the bundle's ``set_determinism``) plus the process rank, so ranks augment differently.
 
     Raises:
-        ValueError: for a decay outside (0, 1), a negative burn-in, a threshold outside [0, 1], an unknown
-            loss name or no pseudo-label loss switched on.
+        ValueError: for a decay outside (0, 1), a negative burn-in, a threshold outside [0, 1], a cap below
+            1, an unknown loss name or no pseudo-label loss switched on.
     """
 
     logged_names = ("pseudo_lesions", *(name + PSEUDO_SUFFIX for name in SUPERVISED_LOSS_KEYS))
@@ -201,6 +211,7 @@ class MeanTeacher(EMATeacherMethod):
         strong_augmentation: Callable | Sequence[Callable] | None = None,
         keep_empty: bool | str = True,
         min_pixels: int = 4,
+        max_pseudo_lesions: int | None = None,
         seed: int | None = None,
     ) -> None:
         if not 0.0 < float(decay) < 1.0:
@@ -209,6 +220,8 @@ class MeanTeacher(EMATeacherMethod):
             raise ValueError(f"burn_in must be >= 0, got {burn_in}")
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        if max_pseudo_lesions is not None and int(max_pseudo_lesions) < 1:
+            raise ValueError(f"max_pseudo_lesions must be >= 1 or None, got {max_pseudo_lesions}")
         switches = {**DEFAULT_PSEUDO_LOSSES, **(pseudo_losses or {})}
         unknown = sorted(set(switches) - set(SUPERVISED_LOSS_KEYS))
         if unknown:
@@ -222,6 +235,7 @@ class MeanTeacher(EMATeacherMethod):
         self.mask_threshold = float(mask_threshold)
         self.keep_empty = str2bool(keep_empty)
         self.min_pixels = int(min_pixels)
+        self.max_pseudo_lesions = None if max_pseudo_lesions is None else int(max_pseudo_lesions)
         self.strong_augmentation = seeded_augmentation(strong_augmentation, seed)
         # "update": batch-norm statistics averaged too, as Unbiased Teacher averages the whole state
         self.init_teacher(network, self.decay)
@@ -292,7 +306,9 @@ class MeanTeacher(EMATeacherMethod):
         pseudo_images: list[Tensor] = []
         pseudo_targets: list[dict[str, Tensor]] = []
         if teaching and weak:
-            predicted = predict_pseudo_targets(self.teacher, weak, self.threshold, self.mask_threshold)
+            predicted = predict_pseudo_targets(
+                self.teacher, weak, self.threshold, self.mask_threshold, self.max_pseudo_lesions
+            )
             for image, target in zip(weak, predicted, strict=True):
                 strong, strong_target = augment_pseudo_labeled(image, target, self.strong_augmentation, self.min_pixels)
                 if len(strong_target["labels"]) or self.keep_empty:
