@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from malignet_bundle.atomic_io import write_json_atomic
-from malignet_bundle.experiments.ssl_benchmark import CONFIG_DIR
+from malignet_bundle.experiments.ssl_benchmark import CONFIG_DIR, evaluation_config_files, run_workflow
 
 __all__ = ["GlobalVectorProbe", "ABLATION_MODES", "ABLATION_METRICS", "evaluate_with_probe", "ablate_global_context"]
 
@@ -118,10 +118,13 @@ def _evaluation_files(run_dir: Path) -> list[Path]:
     if not result_file.is_file():
         raise FileNotFoundError(f"{result_file}: no result, the run has not finished (or is not a benchmark run)")
     config_names = json.loads(result_file.read_text())["config_files"]
-    files = [CONFIG_DIR / name for name in config_names]
-    files += [CONFIG_DIR / "evaluate.json", run_dir / "overrides.json"]
     matching = run_dir / "evaluation_overrides.json"
-    return [*files, matching] if matching.is_file() else files
+    return evaluation_config_files(
+        [CONFIG_DIR / name for name in config_names],
+        run_dir / "overrides.json",
+        pixel_protocol=False,  # the ablation reads the lesion metrics only
+        evaluation_overrides=matching if matching.is_file() else None,
+    )
 
 
 def evaluate_with_probe(
@@ -139,24 +142,18 @@ def evaluate_with_probe(
     Returns:
         The evaluation's metrics (named ``test_*`` whatever the split) and the (images, G) vectors the network computed.
     """
-    from monai.bundle import ConfigWorkflow
-
     output_dir.mkdir(parents=True, exist_ok=True)
     redirect = output_dir / "redirect.json"  # the run's own outputs stay as they are
     redirect_to = {"output_dir": str(output_dir), "evaluation_dir": str(output_dir / "evaluation"), "test_split": split}
     write_json_atomic(redirect_to, redirect)
-    workflow = ConfigWorkflow(
-        config_file=[str(f) for f in [*_evaluation_files(run_dir), redirect]],
-        meta_file=str(CONFIG_DIR / "metadata.json"),
-        logging_file=str(CONFIG_DIR / "logging.conf"),
-        run_id="evaluating",
-        workflow_type="infer",
-    )
-    workflow.initialize()
-    network = workflow.parser.get_parsed_content("network")
-    with GlobalVectorProbe(network, replacement) as probe:
-        workflow.run()
-    workflow.finalize()
+    probes: list[GlobalVectorProbe] = []
+
+    def probe_network(workflow: Any) -> GlobalVectorProbe:
+        probes.append(GlobalVectorProbe(workflow.parser.get_parsed_content("network"), replacement))
+        return probes[-1]
+
+    run_workflow([*_evaluation_files(run_dir), redirect], "evaluating", None, around_run=probe_network)
+    (probe,) = probes
     if replacement is not None and probe.used != len(replacement):
         raise ValueError(
             f"{probe.used} of {len(replacement)} replacement vectors used: the evaluation saw "

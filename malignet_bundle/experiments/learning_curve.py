@@ -31,11 +31,11 @@ from malignet_bundle.atomic_io import save_figure_atomic, write_json_atomic
 from malignet_bundle.data.datalist import load_datalist
 from malignet_bundle.engines.checkpoint import FinishedRunError, prepare_resume, read_checkpoint_state
 from malignet_bundle.experiments.ssl_benchmark import (
-    CONFIG_DIR,
     VARIANTS,
     Profile,
     RunSpec,
     config_files,
+    evaluation_config_files,
     machine_description,
     run_overrides,
     run_workflow,
@@ -91,7 +91,7 @@ def _evaluate(
         },
         override_file,
     )
-    run_workflow([*files, CONFIG_DIR / "evaluate.json", override_file], "evaluating", None)
+    run_workflow(evaluation_config_files(files, override_file, pixel_protocol=False), "evaluating", None)
     return json.loads((out / "metrics.json").read_text())
 
 

@@ -28,7 +28,8 @@ import math
 import os
 import platform
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -70,6 +71,7 @@ __all__ = [
     "config_files",
     "run_overrides",
     "run_workflow",
+    "evaluation_config_files",
     "run_directory",
     "study_result_path",
     "load_study_results",
@@ -826,13 +828,46 @@ def run_overrides(
     return overrides
 
 
-def run_workflow(files: Sequence[Path], run_id: str, tracking: str | None) -> None:
+def evaluation_config_files(
+    training_configs: Sequence[Path],
+    run_overrides: Path,
+    pixel_protocol: bool = True,
+    evaluation_overrides: Path | None = None,
+) -> list[Path]:
+    """The config files of a run's evaluation, in the order they are merged.
+
+    The one place that order is written: the benchmark, the learning curves and the global-context ablation
+    all evaluate through it, so that a run evaluated again reads exactly as its own evaluation did.
+
+    Args:
+        training_configs: the run's training configs from ``configs/`` (without its overrides), in order.
+        run_overrides: the run's ``overrides.json``, merged after the evaluation configs so the run's own
+            settings (network, threshold, paths) hold.
+        pixel_protocol: also ``segmentation_evaluate.json``, the related work's pixel protocol.
+        evaluation_overrides: evaluation-only settings merged last (the matching rule's ids), if any.
+    """
+    files = [*training_configs, CONFIG_DIR / "evaluate.json"]
+    # the lesion tables (evaluate.json) and the pixel protocol of the related work (segmentation_evaluate.json
+    # paints a detector's lesions at its operating threshold)
+    files += [CONFIG_DIR / "segmentation_evaluate.json"] if pixel_protocol else []
+    files.append(run_overrides)
+    return [*files, evaluation_overrides] if evaluation_overrides is not None else files
+
+
+def run_workflow(
+    files: Sequence[Path],
+    run_id: str,
+    tracking: str | None,
+    around_run: Callable[[Any], AbstractContextManager] | None = None,
+) -> None:
     """Run the bundle workflow ``run_id`` (``training`` or ``evaluating``) of ``files`` merged in order.
 
     Args:
         files: config files, the last one merged last.
         run_id: the workflow's run ID.
         tracking: ``"mlflow"`` to log through the bundle's tracking, else None.
+        around_run: called with the initialized ``ConfigWorkflow``; the context manager it returns is held
+            while the workflow runs (a probe on its network, say). None: nothing.
     """
     from monai.bundle import ConfigWorkflow
 
@@ -845,7 +880,8 @@ def run_workflow(files: Sequence[Path], run_id: str, tracking: str | None) -> No
         workflow_type="train" if run_id == "training" else "infer",
     )
     workflow.initialize()
-    workflow.run()
+    with around_run(workflow) if around_run is not None else nullcontext():
+        workflow.run()
     workflow.finalize()
 
 
@@ -979,10 +1015,8 @@ def execute_run(
     override_file = run_dir / "overrides.json"
     write_json_atomic(overrides, override_file)
     files = [*config_files(run, profile), override_file]
-    # every row is read by both protocols: the lesion tables (evaluate.json) and the pixel protocol of the
-    # related work (segmentation_evaluate.json paints a detector's lesions at its operating threshold)
-    evaluation_files = [*files[:-1], CONFIG_DIR / "evaluate.json", CONFIG_DIR / "segmentation_evaluate.json"]
-    evaluation_files.append(override_file)
+    # every row is read by both protocols, the lesion tables and the pixel protocol
+    evaluation_files = evaluation_config_files(files[:-1], override_file)
     # evaluation only: evaluate.json's ids, which the training configs do not have
     evaluation_file = run_dir / "evaluation_overrides.json"
     write_json_atomic(_matching_overrides(evaluation_files, matching), evaluation_file)
