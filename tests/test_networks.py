@@ -225,3 +225,20 @@ def test_cpu_sized_network_for_the_benchmark():
     assert all(torch.isfinite(v) for v in losses.values())
     with pytest.raises(ValueError, match="backbone must be one of"):
         MaligNet(backbone="vgg16")
+
+
+def test_global_dropout_drops_context_columns_in_training_only():
+    from malignet_bundle.networks.global_features import GlobalFeatureBoxHead
+
+    torch.manual_seed(0)
+    plain, dropped = GlobalFeatureBoxHead(12, 8, 16), GlobalFeatureBoxHead(12, 8, 16, global_dropout=0.5)
+    dropped.load_state_dict(plain.state_dict())  # dropout adds no weights: checkpoints load either way
+    x = torch.rand(50, 12 + 16) + 0.1  # no zero in the global columns but those dropout makes
+    assert torch.equal(plain.eval()(x), dropped.eval()(x))
+    out = dropped.train()(x)
+    assert torch.equal(out[:, :8], plain.train()(x)[:, :8])  # the region representation is untouched
+    kept = out[:, 8:] != 0
+    assert 0.3 < kept.float().mean() < 0.7 and torch.allclose(out[:, 8:][kept], 2 * x[:, 12:][kept])
+    with pytest.raises(ValueError, match="global_dropout"):
+        GlobalFeatureBoxHead(12, 8, 16, global_dropout=1.0)
+    assert MaligNet(global_dropout=0.5, image_size=SIZE).roi_heads.box_head.global_dropout.p == 0.5

@@ -399,6 +399,14 @@ VARIATIONS: dict[str, Variation] = {
     "steps3x_ladder_weight0.1": Variation(
         "3× the step budget and λ_us 0.1", {"loss_weights#loss_ladder": 0.1}, iterations_factor=3.0
     ),
+    # the global vector with few labeled views (Result 5: memorised on the training views, precision lost):
+    # made costly to memorise, or given less room
+    "global_dropout0.5": Variation(
+        "dropout 0.5 on the global vector in training (default none)", {"network_def#global_dropout": 0.5}
+    ),
+    "global_channels32": Variation(
+        "global vector 32 wide (profiles: cpu 128, full 256)", {"network_def#global_channels": 32}
+    ),
     # the mean teacher's guards against its runaway pseudo-lesion count (confirmation bias, Result 5):
     # trained for the teacher-student rows only, each compared with the unchanged row of its seed
     "mt_threshold0.9": Variation(

@@ -83,15 +83,24 @@ class GlobalFeatureBoxHead(nn.Module):
         in_channels: flattened size of the pooled region features (256 · 7 · 7).
         representation_size: width of the two fully connected layers.
         global_channels: size of the global vector appended by :class:`GlobalContextRoIPool`.
+        global_dropout: dropout probability on the global vector in training (0: none). The thesis has
+            none; with few labeled images a per-image vector can be memorised as the image's identity
+            rather than read as context, which dropout makes costly.
     """
 
-    def __init__(self, in_channels: int, representation_size: int, global_channels: int) -> None:
+    def __init__(
+        self, in_channels: int, representation_size: int, global_channels: int, global_dropout: float = 0.0
+    ) -> None:
         super().__init__()
+        if not 0.0 <= global_dropout < 1.0:
+            raise ValueError(f"global_dropout must be in [0, 1), got {global_dropout}")
         self.mlp = TwoMLPHead(in_channels, representation_size)
+        # no module at all without dropout: the same graph, random stream and state as before it existed
+        self.global_dropout = nn.Dropout(global_dropout) if global_dropout > 0 else nn.Identity()
         self.region_channels = in_channels
         self.out_channels = representation_size + global_channels
 
     def forward(self, x: Tensor) -> Tensor:
         """(R, C·s·s + G) → (R, representation_size + G)."""
         region, global_vector = x[:, : self.region_channels], x[:, self.region_channels :]
-        return torch.cat([self.mlp(region), global_vector], dim=1)
+        return torch.cat([self.mlp(region), self.global_dropout(global_vector)], dim=1)

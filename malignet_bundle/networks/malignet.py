@@ -76,6 +76,7 @@ class MaligNet(MaskRCNN):
         upsample_mode: LFPN top-down upsampling ("nearest" like torchvision, "bicubic" like the thesis).
         ladder_combinator: how LFPN decoder layers merge lateral and top-down inputs ("concat" or "ladder").
         global_channels: size of the global feature vector.
+        global_dropout: dropout probability on the global vector in training (0, the thesis: none).
         image_size: side of the (square) input the transform keeps images at (Table 11: 320).
         anchor_sizes: one tuple of sizes per pyramid level P2…P6.
         aspect_ratios: anchor aspect ratios (Table 11: 0.5, 1, 2).
@@ -105,6 +106,7 @@ class MaligNet(MaskRCNN):
         upsample_mode: str = "nearest",
         ladder_combinator: str = "ladder",
         global_channels: int = 256,
+        global_dropout: float = 0.0,
         image_size: int = 320,
         anchor_sizes: tuple[tuple[int, ...], ...] = LESION_ANCHOR_SIZES,
         aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0),
@@ -143,7 +145,9 @@ class MaligNet(MaskRCNN):
         representation = representation_size
         if global_features:
             box_roi_pool: MultiScaleRoIAlign = GlobalContextRoIPool(names, output_size=7, sampling_ratio=2)
-            box_head: nn.Module = GlobalFeatureBoxHead(pyramid_channels * 7 * 7, representation, global_channels)
+            box_head: nn.Module = GlobalFeatureBoxHead(
+                pyramid_channels * 7 * 7, representation, global_channels, global_dropout
+            )
             predictor_in = representation + global_channels
         else:
             box_roi_pool = MultiScaleRoIAlign(featmap_names=names, output_size=7, sampling_ratio=2)
