@@ -210,6 +210,7 @@ def test_a_cap_keeps_each_crops_highest_scored_pseudo_lesions():
     for full, cut in zip(everything, capped, strict=True):
         assert len(cut["labels"]) == min(2, len(full["labels"]))
         assert torch.equal(cut["scores"].sort(descending=True).values, full["scores"].sort(descending=True).values[:2])
+    assert teacher.roi_heads.detections_per_img == 8  # tiny_net's own limit is back
     with pytest.raises(ValueError, match="max_pseudo_lesions"):
         MeanTeacher(tiny_net(0), max_pseudo_lesions=0)
 

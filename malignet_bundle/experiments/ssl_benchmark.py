@@ -838,7 +838,7 @@ def run_overrides(
 
 def evaluation_config_files(
     training_configs: Sequence[Path],
-    run_overrides: Path,
+    overrides_file: Path,
     pixel_protocol: bool = True,
     evaluation_overrides: Path | None = None,
 ) -> list[Path]:
@@ -849,7 +849,7 @@ def evaluation_config_files(
 
     Args:
         training_configs: the run's training configs from ``configs/`` (without its overrides), in order.
-        run_overrides: the run's ``overrides.json``, merged after the evaluation configs so the run's own
+        overrides_file: the run's ``overrides.json``, merged after the evaluation configs so the run's own
             settings (network, threshold, paths) hold.
         pixel_protocol: also ``segmentation_evaluate.json``, the related work's pixel protocol.
         evaluation_overrides: evaluation-only settings merged last (the matching rule's ids), if any.
@@ -858,7 +858,7 @@ def evaluation_config_files(
     # the lesion tables (evaluate.json) and the pixel protocol of the related work (segmentation_evaluate.json
     # paints a detector's lesions at its operating threshold)
     files += [CONFIG_DIR / "segmentation_evaluate.json"] if pixel_protocol else []
-    files.append(run_overrides)
+    files.append(overrides_file)
     return [*files, evaluation_overrides] if evaluation_overrides is not None else files
 
 

@@ -94,7 +94,8 @@ def predict_pseudo_targets(
 
     Args:
         teacher: a Mask R-CNN (MaligNet); run in evaluation mode without gradient, its RoI heads' score
-            threshold set to ``threshold`` for the call.
+            threshold set to ``threshold`` and, with ``max_per_image``, their detections per image to it for
+            the call (torchvision keeps the highest-scored after NMS).
         images: (C, H, W) images on the teacher's device.
         threshold: lowest detection score kept.
         mask_threshold: mask probability above which a pixel belongs to the lesion.
@@ -105,18 +106,19 @@ def predict_pseudo_targets(
     """
     heads = teacher.roi_heads
     was_training = teacher.training
-    previous, heads.score_thresh = heads.score_thresh, threshold
+    previous = heads.score_thresh, heads.detections_per_img
+    heads.score_thresh = threshold
+    if max_per_image is not None:
+        heads.detections_per_img = min(int(max_per_image), heads.detections_per_img)
     teacher.eval()
     try:
         detections = teacher(list(images))
     finally:
-        heads.score_thresh = previous
+        heads.score_thresh, heads.detections_per_img = previous
         teacher.train(was_training)
     targets = []
     for det in detections:
-        keep = torch.nonzero(det["scores"] >= threshold).flatten()
-        if max_per_image is not None and len(keep) > max_per_image:
-            keep = keep[det["scores"][keep].topk(max_per_image).indices]
+        keep = det["scores"] >= threshold
         targets.append(
             {
                 "masks": (det["masks"][keep, 0] > mask_threshold).to(torch.uint8),
