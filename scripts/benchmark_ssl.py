@@ -6,6 +6,8 @@
     python scripts/benchmark_ssl.py --profile cpu --sweeps table4  # only the ablation rows
     python scripts/benchmark_ssl.py --profile cpu --sweeps why --seeds 0  # one recipe change at a time
     python scripts/benchmark_ssl.py --profile cpu --sweeps why --variations steps3x  # only the longer schedule
+    python scripts/benchmark_ssl.py --profile cpu --sweeps labeled --variants fpn,malignet,fpn_mt \
+        --variations mt_threshold0.9                               # Fig. 19 with the guarded mean teacher
     python scripts/benchmark_ssl.py --profile cpu --reevaluate     # new evaluation, same trained models
     python scripts/benchmark_ssl.py --profile cpu --report_only    # the report from the committed results
     python scripts/benchmark_ssl.py --profile cpu --sweeps table4 --variants fpn,malignet,unet,unet_mt,double_unet
@@ -87,7 +89,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sweeps", default=",".join(DEFAULT_SWEEPS), help=f"comma-separated among {','.join(SWEEPS)}")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: the profile's)")
     parser.add_argument("--variants", default=None, help=f"comma-separated among {','.join(VARIANTS)}")
-    parser.add_argument("--variations", default=None, help=f"why sweep: comma-separated among {','.join(VARIATIONS)}")
+    parser.add_argument(
+        "--variations",
+        default=None,
+        help=f"comma-separated among {','.join(VARIATIONS)}: the why sweep's changes (default all); the labeled "
+        "and unlabeled sweeps train them in place of the unchanged recipe on the rows they apply to",
+    )
     parser.add_argument(
         "--steps",
         "--iterations",

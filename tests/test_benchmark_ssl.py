@@ -84,6 +84,26 @@ def test_why_sweep_plans_each_change_beside_the_unchanged_runs():
     assert [r.name for r in capped] == ["fpn_mt-l1-u1-s2", "fpn_mt-l1-u1-s2-mt_cap3"]
 
 
+def test_named_changes_replace_the_recipe_of_their_rows_in_the_data_sweeps():
+    cpu = PROFILES["cpu"]
+    guarded = plan_runs(cpu, ["labeled"], seeds=[0], variants=["fpn", "fpn_mt"], variations=["mt_threshold0.9"])
+    names = [r.name for r in guarded]
+    # Mask R-CNN keeps its recipe; the mean teacher's curve is trained with the change only
+    assert names == [
+        "fpn-l0.25-s0",
+        "fpn_mt-l0.25-u1-s0-mt_threshold0.9",
+        "fpn-l0.5-s0",
+        "fpn_mt-l0.5-u1-s0-mt_threshold0.9",
+        "fpn-l1-s0",
+        "fpn_mt-l1-u1-s0-mt_threshold0.9",  # the why sweep's run of the same name: trained once
+    ]
+    narrow = plan_runs(cpu, ["unlabeled"], seeds=[1], variations=["global_channels32"])
+    assert [r.name for r in narrow] == [f"malignet-l1-u{f:g}-s1-global_channels32" for f in cpu.unlabeled_fractions]
+    # without named changes the sweeps are the unchanged protocol, and Table 4 is never changed
+    assert not any(r.variation for r in plan_runs(cpu, ["labeled", "unlabeled"], seeds=[0]))
+    assert not any(r.variation for r in plan_runs(cpu, ["table4"], seeds=[0], variations=["global_channels32"]))
+
+
 def test_variation_changes_only_what_it_names(tmp_path):
     profile = PROFILES["smoke"]
     kwargs = dict(
@@ -128,11 +148,19 @@ def test_why_report_pairs_each_change_with_its_seed(tmp_path):
     ]
     markdown = write_report(results, PROFILES["smoke"], tmp_path, "cmd")
     assert "Trained on: machine A." in markdown and "machines" not in markdown.split("###")[0]
-    section = markdown.split("### Why")[1]
+    section = markdown.split("### Why")[1].split("### Evidence")[0]
     unchanged, changed = [line for line in section.splitlines() if line.startswith("| ResNet + LFPN")]
     assert "unchanged" in unchanged and "0.300 ± 0.283" in unchanged  # seeds 0 and 1 only, not u0 or seed 2
     assert "noise ratio 0.3" in changed and changed.endswith(" +0.100 | — |")  # paired: +0.1 on both seeds
     assert (tmp_path / "why.png").read_bytes()[:4] == b"\x89PNG"
+    # the change against its unchanged row, with an interval over the two paired seeds (+0.1 on both)
+    evidence = markdown.split("### Evidence: paired differences")[1]
+    (paired,) = [
+        line for line in evidence.splitlines() if "noise ratio 0.3" in line and "mean F1 at 0.7, class-agnostic" in line
+    ]
+    assert paired.startswith("| ResNet + LFPN w/ global features (MaligNet), LFPN noise ratio 0.3 vs ")
+    assert " vs ResNet + LFPN w/ global features (MaligNet) |" in paired
+    assert "| 2 (M1 2) | 0.400 | 0.300 | +0.100 |" in paired
     # the same change trained on another machine joins no pair of machine A: its section has no reference
     other = {**result("malignet", 2, 0.95, "noise0.3"), "trained_on": "machine B"}
     markdown = write_report([*results, other], PROFILES["smoke"], tmp_path, "cmd")

@@ -16,6 +16,7 @@ from malignet_bundle.experiments.ssl_benchmark import (
     load_study_results,
     merge_results,
     run_directory,
+    study_data_efficiency,
     study_result_path,
     with_steps,
     write_report,
@@ -170,6 +171,24 @@ def test_data_efficiency_with_a_bootstrap_over_seeds():
     assert data_efficiency(results, curve, FPN, "test_ap50", seed=0) == found
     never = data_efficiency(results, curve, FPN, "test_mean_f1_per_class_matching")
     assert never["units"] == 0 and math.isnan(never["fraction"])
+
+
+def test_data_efficiency_of_a_row_trained_with_a_named_change(tmp_path):
+    guarded = []
+    for seed, values in {0: (0.3, 0.5), 1: (0.4, 0.4)}.items():
+        for f, v in zip((0.5, 1.0), values, strict=True):
+            entry = result("fpn_mt", seed, MACHINE_A, v, labeled=f)
+            entry["run"]["variation"] = "mt_threshold0.9"
+            guarded.append(entry)
+        guarded.append(result("fpn", seed, MACHINE_A, 0.35))
+        guarded.append(result("fpn_mt", seed, MACHINE_A, 0.1))  # the unchanged row, at 100 % only
+    smoke = PROFILES["smoke"]  # labeled fractions 0.5 and 1.0
+    (found,) = [e for e in study_data_efficiency(guarded, smoke) if e["metric_label"] == "AP50"]
+    # the changed curve (mean 0.35 at 50 %, 0.45 at 100 %) reaches Mask R-CNN's 0.35 at half the labels
+    assert (found["variant"], found["variation"], found["units"]) == ("fpn_mt", "mt_threshold0.9", 2)
+    assert found["fraction"] == pytest.approx(0.5)
+    markdown = write_report(guarded, smoke, tmp_path, "cmd")
+    assert "| Mask R-CNN + mean teacher, teacher confidence threshold 0.9 (default 0.7) | AP50 | 2 (M1) |" in markdown
 
 
 def test_the_study_protocol_of_the_cpu_profile(tmp_path):

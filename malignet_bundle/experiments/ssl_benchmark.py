@@ -473,10 +473,14 @@ def plan_runs(
     The labeled sweep compares Mask R-CNN and MaligNet; the unlabeled sweep varies MaligNet's unlabeled
     scans with all labels. Their full-data points are the Table 4 runs and are trained once. The ``why``
     sweep trains each :data:`VARIATIONS` change (or only ``variations``) next to the unchanged runs it is
-    compared with. A self-training run is preceded by its teacher. The :data:`MEAN_TEACHER_VARIANTS` are
-    planned only when ``variants`` names them, and then in every sweep: Table 4's rows, the labeled and the
-    unlabeled sweep's points, and the ``why`` sweep's unchanged references. The pixel-level
-    :data:`SEGMENTATION_VARIANTS` are planned only when ``variants`` names them, beside Table 4's rows.
+    compared with. Named ``variations`` (not the default ``None``) also apply to the labeled and unlabeled
+    sweeps, where each change *replaces* the unchanged recipe on the rows it applies to (e.g. the mean
+    teacher's Fig. 19 curve with a higher confidence threshold, next to the unchanged Mask R-CNN and
+    MaligNet curves); Table 4 keeps the unchanged recipe. A self-training run is preceded by its teacher.
+    The :data:`MEAN_TEACHER_VARIANTS` are planned only when ``variants`` names them, and then in every sweep:
+    Table 4's rows, the labeled and the unlabeled sweep's points, and the ``why`` sweep's unchanged
+    references. The pixel-level :data:`SEGMENTATION_VARIANTS` are planned only when ``variants`` names them,
+    beside Table 4's rows.
     """
     unknown = [s for s in sweeps if s not in SWEEPS]
     if unknown:
@@ -489,6 +493,17 @@ def plan_runs(
         raise ValueError(f"unknown variants {unknown_variants}; choose from {list(VARIANTS)}")
     teachers = tuple(v for v in MEAN_TEACHER_VARIANTS if v in (variants or ()))
     pixel_level = tuple(v for v in SEGMENTATION_VARIANTS if v in (variants or ()))
+
+    def changed(sweep_runs: list[RunSpec]) -> list[RunSpec]:
+        """``sweep_runs`` with each named change in place of the unchanged recipe of the rows it applies to."""
+        if variations is None:
+            return sweep_runs
+        found = []
+        for run in sweep_runs:
+            applying = [k for k in changes if run.variant in VARIATIONS[k].variants]
+            found += [replace(run, variation=k) for k in applying] if applying else [run]
+        return found
+
     runs: list[RunSpec] = []
     for seed in profile.seeds if seeds is None else seeds:
         wanted: list[RunSpec] = []
@@ -496,9 +511,10 @@ def plan_runs(
             wanted += [RunSpec(v, seed) for v in (*TABLE4_VARIANTS, *teachers, *pixel_level)]
         if "labeled" in sweeps:
             pairs = ("fpn", "malignet", *teachers)
-            wanted += [RunSpec(v, seed, f) for f in profile.labeled_fractions for v in pairs]
+            wanted += changed([RunSpec(v, seed, f) for f in profile.labeled_fractions for v in pairs])
         if "unlabeled" in sweeps:
-            wanted += [RunSpec(v, seed, 1.0, f) for v in ("malignet", *teachers) for f in profile.unlabeled_fractions]
+            points = [RunSpec(v, seed, 1.0, f) for v in ("malignet", *teachers) for f in profile.unlabeled_fractions]
+            wanted += changed(points)
         if "why" in sweeps:
             wanted += [RunSpec(v, seed) for v in ("fpn", "malignet", *teachers)]
             wanted += [
@@ -1168,13 +1184,30 @@ def _uses_all_data(run: Mapping[str, Any]) -> bool:
     return run["labeled_fraction"] == 1.0 and all_unlabeled
 
 
+def _swept_rows(
+    results: Iterable[Mapping[str, Any]], fraction_key: str, variants: Sequence[str]
+) -> list[tuple[str, str]]:
+    """(variant, variation) of a data sweep's curves: each of ``variants`` unchanged, then each changed row.
+
+    A changed row is one a named ``why`` change replaced in the sweep (:func:`plan_runs`), found by a run of
+    it below 100 % of ``fraction_key`` (``labeled_fraction`` or ``unlabeled_fraction``).
+    """
+    changed = {
+        (r["run"]["variant"], r["run"]["variation"])
+        for r in results
+        if r["run"].get("variation") and r["run"]["variant"] in variants and r["run"][fraction_key] < 1.0
+    }
+    order = sorted(changed, key=lambda key: (list(variants).index(key[0]), list(VARIATIONS).index(key[1])))
+    return [(v, "") for v in variants] + order
+
+
 def _why_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The ``why`` sweep: each change next to the unchanged run of the same variant and seeds.
 
     ``delta_<metric>`` (for the :data:`PLOTTED_METRICS`) is the mean over seeds of (changed − unchanged), a
     paired difference, so the seed-to-seed spread the changes share does not hide a consistent shift.
     """
-    changed = [r for r in results if r["run"].get("variation")]
+    changed = [r for r in results if r["run"].get("variation") and _uses_all_data(r["run"])]
     seeds = {r["run"]["seed"] for r in changed}
     variants = {r["run"]["variant"] for r in changed}
 
@@ -1259,8 +1292,7 @@ def _plot_threshold_curves(results: Sequence[Mapping[str, Any]], path: Path) -> 
         curves = groups[(variant, variation)]
         x = np.asarray(curves[0]["thresholds"])
         y = np.asarray([c["mean_f1"] for c in curves])
-        label = VARIANTS[variant].row + (f", {VARIATIONS[variation].description}" if variation else "")
-        label += f" ({len(curves)} seed{'s' if len(curves) > 1 else ''})"
+        label = _row_label(variant, variation) + f" ({len(curves)} seed{'s' if len(curves) > 1 else ''})"
         style = dict(color=colors[variant], linestyle=styles.get(variation, "-"))
         ax.plot(x, y.mean(0), label=label, **style)
         if len(curves) > 1:
@@ -1310,9 +1342,39 @@ def _plot_sweep(
     save_figure(fig, path)
 
 
-def _side(variant: str, labeled_fraction: float = 1.0) -> Side:
+def _side(variant: str, labeled_fraction: float = 1.0, variation: str = "") -> Side:
     """The study's side of ``variant``: all unlabeled scans when it reads them (else the 0.0 runs record)."""
-    return Side(variant, labeled_fraction, 1.0 if VARIANTS[variant].unlabeled else 0.0)
+    return Side(variant, labeled_fraction, 1.0 if VARIANTS[variant].unlabeled else 0.0, variation)
+
+
+def _row_label(variant: str, variation: str = "") -> str:
+    """The report's name of a row, with its ``why``-sweep change when it has one."""
+    return VARIANTS[variant].row + (f", {VARIATIONS[variation].description}" if variation else "")
+
+
+def _variation_comparisons(results: Sequence[Mapping[str, Any]]) -> list[tuple[str, Side, Side]]:
+    """(name, changed row, reference row) for each ``why``-sweep change found in ``results`` at full data.
+
+    A changed row is compared with its own unchanged row (did the change help?) and with the reference of
+    the variant's first :data:`COMPARISONS` entry (does the changed row now beat what the unchanged one is
+    judged against, e.g. Mask R-CNN for MaligNet?).
+    """
+    changed = sorted(
+        {
+            (r["run"]["variant"], r["run"]["variation"])
+            for r in results
+            if r["run"].get("variation") and _uses_all_data(r["run"])
+        },
+        key=lambda key: (list(VARIANTS).index(key[0]), list(VARIATIONS).index(key[1])),
+    )
+    found = []
+    for variant, variation in changed:
+        side = _side(variant, variation=variation)
+        found.append((f"{variant} {variation} vs {variant}", side, _side(variant)))
+        headline = next((reference for _, v, reference in COMPARISONS if v == variant), None)
+        if headline is not None:
+            found.append((f"{variant} {variation} vs {headline}", side, _side(headline)))
+    return found
 
 
 def study_comparisons(
@@ -1320,7 +1382,9 @@ def study_comparisons(
 ) -> list[dict[str, Any]]:
     """Every :data:`COMPARISONS` entry that has pairs, on every :data:`STUDY_METRICS` metric, full data.
 
-    Pairs never cross machines (:func:`~malignet_bundle.experiments.study_statistics.paired_differences`).
+    Then each ``why``-sweep change against its unchanged row and against that row's headline reference
+    (:func:`_variation_comparisons`). Pairs never cross machines
+    (:func:`~malignet_bundle.experiments.study_statistics.paired_differences`).
 
     Args:
         results: benchmark results of any machines, one step budget.
@@ -1330,14 +1394,26 @@ def study_comparisons(
 
     Returns:
         :meth:`~malignet_bundle.experiments.study_statistics.ComparisonResult.as_dict` of each comparison and
-        metric, with ``metric_label``, ``variant`` and ``reference`` added.
+        metric, with ``metric_label``, ``variant``, ``variation``, ``reference`` and ``reference_variation``
+        added (the variations ``""`` for unchanged rows).
     """
+    entries = [(name, _side(variant), _side(reference)) for name, variant, reference in COMPARISONS]
+    entries += _variation_comparisons(results)
     found = []
-    for name, variant, reference in COMPARISONS:
+    for name, side, reference in entries:
         for label, names in STUDY_METRICS.items():
-            result = compare(results, name, _side(variant), _side(reference), names, method, confidence, seed)
+            result = compare(results, name, side, reference, names, method, confidence, seed)
             if result.n:
-                found.append({**result.as_dict(), "metric_label": label, "variant": variant, "reference": reference})
+                found.append(
+                    {
+                        **result.as_dict(),
+                        "metric_label": label,
+                        "variant": side.variant,
+                        "variation": side.variation,
+                        "reference": reference.variant,
+                        "reference_variation": reference.variation,
+                    }
+                )
     return found
 
 
@@ -1354,19 +1430,20 @@ def study_data_efficiency(
 
     Returns:
         One :func:`~malignet_bundle.experiments.study_statistics.data_efficiency` per row and plotted metric
-        that has at least one complete (machine, seed) unit, with ``variant`` and ``metric_label`` added.
+        that has at least one complete (machine, seed) unit, with ``variant``, ``variation`` (``""`` unless a
+        named change replaced the row's recipe in the sweep) and ``metric_label`` added.
     """
     metrics = {
         "AP50": STUDY_METRICS["AP50"],
         "mean F1 at 0.7": STUDY_METRICS["mean F1 at 0.7, class-agnostic matching"],
     }
     found = []
-    for variant in EFFICIENCY_VARIANTS:
-        curve = [_side(variant, f) for f in sorted(profile.labeled_fractions)]
+    for variant, variation in _swept_rows(results, "labeled_fraction", EFFICIENCY_VARIANTS):
+        curve = [_side(variant, f, variation) for f in sorted(profile.labeled_fractions)]
         for label, names in metrics.items():
             estimate = data_efficiency(results, curve, _side("fpn"), names, confidence, seed)
             if estimate["units"]:
-                found.append({**estimate, "variant": variant, "metric_label": label})
+                found.append({**estimate, "variant": variant, "variation": variation, "metric_label": label})
     return found
 
 
@@ -1424,7 +1501,8 @@ def _evidence_sections(
             value = np.mean([p["value"] for p in c["pairs"]])
             reference = np.mean([p["reference"] for p in c["pairs"]])
             parts.append(
-                f"| {VARIANTS[c['variant']].row} vs {VARIANTS[c['reference']].row} | {c['metric_label']} "
+                f"| {_row_label(c['variant'], c['variation'])} vs "
+                f"{_row_label(c['reference'], c['reference_variation'])} | {c['metric_label']} "
                 f"| {c['n']} ({machines}) | {value:.3f} | {reference:.3f} | {c['mean']:+.3f} "
                 f"| {_interval_text(c['low'], c['high'])} | {c['positive']} / {c['negative']} / {c['zero']} "
                 f"| {c['verdict']} |"
@@ -1448,7 +1526,8 @@ def _evidence_sections(
             factor = "—" if math.isnan(e["factor"]) else f"{'≥ ' if e['bound'] == 'at_most' else ''}{e['factor']:.2f}"
             machines = ", ".join(labels[m] for m in e["machines"])
             parts.append(
-                f"| {VARIANTS[e['variant']].row} | {e['metric_label']} | {e['units']} ({machines}) | {points} "
+                f"| {_row_label(e['variant'], e.get('variation', ''))} | {e['metric_label']} "
+                f"| {e['units']} ({machines}) | {points} "
                 f"| {e['target']:.3f} | {_fraction_text(e['fraction'], e['bound'])} | {factor} "
                 f"| {_fraction_text(e['low'])} – {_fraction_text(e['high'])} "
                 f"| {100 * e['at_most_share']:.0f} % / {100 * e['beyond_share']:.0f} % |"
@@ -1464,12 +1543,12 @@ def _machine_sections(
     rows = aggregate(results)
     table4 = [r for v in VARIANTS if (r := _find(rows, v, 1.0, 1.0)) is not None]
     labeled = {
-        VARIANTS[v].row: [r for f in profile.labeled_fractions if (r := _find(rows, v, f, 1.0)) is not None]
-        for v in ("fpn", *EFFICIENCY_VARIANTS)
+        _row_label(v, k): [r for f in profile.labeled_fractions if (r := _find(rows, v, f, 1.0, k)) is not None]
+        for v, k in _swept_rows(results, "labeled_fraction", ("fpn", *EFFICIENCY_VARIANTS))
     }
     by_unlabeled = {
-        VARIANTS[v].row: [r for f in profile.unlabeled_fractions if (r := _find(rows, v, 1.0, f)) is not None]
-        for v in ("malignet", *MEAN_TEACHER_VARIANTS)
+        _row_label(v, k): [r for f in profile.unlabeled_fractions if (r := _find(rows, v, 1.0, f, k)) is not None]
+        for v, k in _swept_rows(results, "unlabeled_fraction", ("malignet", *MEAN_TEACHER_VARIANTS))
     }
     by_unlabeled = {name: series for name, series in by_unlabeled.items() if series}
     unlabeled = [r for series in by_unlabeled.values() for r in series]
