@@ -1184,6 +1184,19 @@ def _uses_all_data(run: Mapping[str, Any]) -> bool:
     return run["labeled_fraction"] == 1.0 and all_unlabeled
 
 
+def _changed_rows(
+    results: Iterable[Mapping[str, Any]], selects: Callable[[Mapping[str, Any]], bool]
+) -> list[tuple[str, str]]:
+    """(variant, variation) of the changed rows with a run ``selects`` takes (given a result's ``run``).
+
+    In the order of :data:`VARIANTS`, then of :data:`VARIATIONS`.
+    """
+    changed = {
+        (r["run"]["variant"], r["run"]["variation"]) for r in results if r["run"].get("variation") and selects(r["run"])
+    }
+    return sorted(changed, key=lambda key: (list(VARIANTS).index(key[0]), list(VARIATIONS).index(key[1])))
+
+
 def _swept_rows(
     results: Iterable[Mapping[str, Any]], fraction_key: str, variants: Sequence[str]
 ) -> list[tuple[str, str]]:
@@ -1192,13 +1205,8 @@ def _swept_rows(
     A changed row is one a named ``why`` change replaced in the sweep (:func:`plan_runs`), found by a run of
     it below 100 % of ``fraction_key`` (``labeled_fraction`` or ``unlabeled_fraction``).
     """
-    changed = {
-        (r["run"]["variant"], r["run"]["variation"])
-        for r in results
-        if r["run"].get("variation") and r["run"]["variant"] in variants and r["run"][fraction_key] < 1.0
-    }
-    order = sorted(changed, key=lambda key: (list(variants).index(key[0]), list(VARIATIONS).index(key[1])))
-    return [(v, "") for v in variants] + order
+    changed = _changed_rows(results, lambda run: run["variant"] in variants and run[fraction_key] < 1.0)
+    return [(v, "") for v in variants] + changed
 
 
 def _why_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -1359,16 +1367,8 @@ def _variation_comparisons(results: Sequence[Mapping[str, Any]]) -> list[tuple[s
     the variant's first :data:`COMPARISONS` entry (does the changed row now beat what the unchanged one is
     judged against, e.g. Mask R-CNN for MaligNet?).
     """
-    changed = sorted(
-        {
-            (r["run"]["variant"], r["run"]["variation"])
-            for r in results
-            if r["run"].get("variation") and _uses_all_data(r["run"])
-        },
-        key=lambda key: (list(VARIANTS).index(key[0]), list(VARIATIONS).index(key[1])),
-    )
     found = []
-    for variant, variation in changed:
+    for variant, variation in _changed_rows(results, _uses_all_data):
         side = _side(variant, variation=variation)
         found.append((f"{variant} {variation} vs {variant}", side, _side(variant)))
         headline = next((reference for _, v, reference in COMPARISONS if v == variant), None)
@@ -1526,7 +1526,7 @@ def _evidence_sections(
             factor = "—" if math.isnan(e["factor"]) else f"{'≥ ' if e['bound'] == 'at_most' else ''}{e['factor']:.2f}"
             machines = ", ".join(labels[m] for m in e["machines"])
             parts.append(
-                f"| {_row_label(e['variant'], e.get('variation', ''))} | {e['metric_label']} "
+                f"| {_row_label(e['variant'], e['variation'])} | {e['metric_label']} "
                 f"| {e['units']} ({machines}) | {points} "
                 f"| {e['target']:.3f} | {_fraction_text(e['fraction'], e['bound'])} | {factor} "
                 f"| {_fraction_text(e['low'])} – {_fraction_text(e['high'])} "

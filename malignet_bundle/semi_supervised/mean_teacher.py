@@ -90,14 +90,14 @@ def predict_pseudo_targets(
     mask_threshold: float = 0.5,
     max_per_image: int | None = None,
 ) -> list[dict[str, Tensor]]:
-    """The teacher's detections scoring at least ``threshold`` on ``images``, as targets.
+    """The teacher's detections scoring above ``threshold`` on ``images``, as targets.
 
     Args:
         teacher: a Mask R-CNN (MaligNet); run in evaluation mode without gradient, its RoI heads' score
             threshold set to ``threshold`` and, with ``max_per_image``, their detections per image to it for
             the call (torchvision keeps the highest-scored after NMS).
         images: (C, H, W) images on the teacher's device.
-        threshold: lowest detection score kept.
+        threshold: detections must score above it.
         mask_threshold: mask probability above which a pixel belongs to the lesion.
         max_per_image: keep at most this many of an image's detections, the highest-scored; None: all.
 
@@ -116,17 +116,15 @@ def predict_pseudo_targets(
     finally:
         heads.score_thresh, heads.detections_per_img = previous
         teacher.train(was_training)
-    targets = []
-    for det in detections:
-        keep = det["scores"] >= threshold
-        targets.append(
-            {
-                "masks": (det["masks"][keep, 0] > mask_threshold).to(torch.uint8),
-                "labels": det["labels"][keep].long(),
-                "scores": det["scores"][keep].float(),
-            }
-        )
-    return targets
+    # the RoI heads have already dropped every detection at or below the threshold
+    return [
+        {
+            "masks": (det["masks"][:, 0] > mask_threshold).to(torch.uint8),
+            "labels": det["labels"].long(),
+            "scores": det["scores"].float(),
+        }
+        for det in detections
+    ]
 
 
 def augment_pseudo_labeled(
