@@ -62,3 +62,53 @@ def test_smoke_profile_trains_and_evaluates_the_mask_rcnn_teacher_row(tmp_path):
     assert "| Mask R-CNN + mean teacher |" in (out / "results.md").read_text()
     overrides = json.loads((out / "runs" / "steps2" / "fpn_mt-l1-u1-s0" / "overrides.json").read_text())
     assert overrides["mean_teacher_burn_in"] == 1  # the smoke profile's teacher starts after one step
+
+
+def test_warm_mean_teacher_starts_from_the_trained_mask_rcnn_of_its_seed(tmp_path):
+    profile = PROFILES["cpu"]
+    runs = plan_runs(profile, ["table4", "labeled"], seeds=[1], variants=["fpn_mt_warm"])
+    names = [r.name for r in runs]
+    for fraction in ("0.25", "0.5", "1"):  # each point after the Mask R-CNN it starts from
+        assert names.index(f"fpn-l{fraction}-s1") < names.index(f"fpn_mt_warm-l{fraction}-u1-s1")
+    # a mean-teacher change applies to the teacher-student row, not to the Mask R-CNN it starts from
+    changed = RunSpec("fpn_mt_warm", 1, 0.5, variation="mt_threshold0.9")
+    assert changed.teacher == RunSpec("fpn", 1, 0.5)
+    assert RunSpec("malignet_st", 2, variation="global_channels32").teacher == RunSpec(
+        "malignet", 2, variation="global_channels32"
+    )
+    assert RunSpec("fpn_mt", 0).teacher is None
+
+    views = [{"image": f"P{i}.dcm", "view": "anterior", "patient_id": f"P{i}"} for i in range(8)]
+    datalist = {"labeled": views, "unlabeled": views, "validation": [], "test": []}
+    run_dir = tmp_path / "runs" / "fpn_mt_warm-l1-u1-s1"
+    overrides = run_overrides(
+        RunSpec("fpn_mt_warm", 1),
+        profile,
+        dataset_dir=tmp_path,
+        run_dir=run_dir,
+        chest_detector=tmp_path / "c.pt",
+        cache_dir=tmp_path,
+        datalist=datalist,
+    )
+    assert overrides["initial_weights"] == str(tmp_path / "runs" / "fpn-l1-s1" / "models" / "model.pt")
+    assert overrides["mean_teacher_burn_in"] == 0  # the trained model teaches from the first step
+    assert "pretrained_checkpoint" not in overrides  # that is self-training's labeler
+    steps = overrides["epochs"] * overrides["train#trainer#epoch_length"]
+    assert steps == profile.continuation_iterations  # as many more steps as the self-training student
+
+
+def test_smoke_profile_trains_the_mask_rcnn_then_the_warm_started_teacher_row(tmp_path):
+    """fpn_mt_warm end to end: the Mask R-CNN of its seed is trained first and its model.pt starts the row."""
+    out, data = tmp_path / "out", tmp_path / "data"
+    args = ("--profile", "smoke", "--output_dir", out, "--dataset_dir", data, "--results_dir", "none")
+    done = run_script("benchmark_ssl", *args, "--sweeps", "table4", "--seeds", "0", "--variants", "fpn_mt_warm")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in report["runs"]] == ["fpn-l1-s0", "fpn_mt_warm-l1-u1-s0"]
+    runs = out / "runs" / "steps2"
+    overrides = json.loads((runs / "fpn_mt_warm-l1-u1-s0" / "overrides.json").read_text())
+    start = runs / "fpn-l1-s0" / "models" / "model.pt"
+    assert overrides["initial_weights"] == str(start) and overrides["mean_teacher_burn_in"] == 0
+    # the bundle's load_weights raises on a missing or foreign checkpoint, so the run started from it
+    assert start.is_file() and (runs / "fpn_mt_warm-l1-u1-s0" / "trained").is_file()
+    assert "| Mask R-CNN + mean teacher from the trained Mask R-CNN |" in (out / "results.md").read_text()

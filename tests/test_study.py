@@ -198,7 +198,7 @@ def test_the_study_protocol_of_the_cpu_profile(tmp_path):
     assert [f.name for f in files] == ["train.json", "mean_teacher.json", "cpu.json"]
     assert files[-1] == CONFIG_DIR / "cpu.json" and files[-1].is_file()
     shorter = with_steps(cpu, 400)  # a quarter of the budget: self-training and the teacher's schedule follow
-    assert (shorter.iterations, shorter.self_training_iterations) == (400, 200)
+    assert (shorter.iterations, shorter.continuation_iterations) == (400, 200)
     assert shorter.mean_teacher["mean_teacher_burn_in"] == 200
     assert 1 / (1 - shorter.mean_teacher["ema_decay"]) == pytest.approx(200)
     with pytest.raises(ValueError, match="at least 1"):

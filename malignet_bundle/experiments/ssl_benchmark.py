@@ -98,7 +98,7 @@ class Variant(NamedTuple):
         row: the row's name (thesis Table 4 for the first five).
         ladder: ladder FPN (and its cost on unlabeled scans).
         global_features: global features in the box head.
-        self_training: pseudo-labels from a trained MaligNet of the same seed (``self_training.json``).
+        self_training: pseudo-labels from the trained model of :attr:`starts_from` (``self_training.json``).
         mean_teacher: an EMA teacher's pseudo-labels during training (``mean_teacher.json``).
         base: the row this one adds a semi-supervised method to (the same network without it); the study
             compares the two in pairs (:data:`COMPARISONS`). Empty for a supervised row.
@@ -107,6 +107,10 @@ class Variant(NamedTuple):
         segmentation: a pixel-level network (``segmentation.json``): its ``configs`` replace ``network_def``
             and the semi-supervised method, so they are merged after the profile's speed settings, and the
             detector's overrides (anchors, global features, the profile's ``network``) are not applied.
+        starts_from: the row whose trained model of the same seed, data and variation this row starts from
+            (:attr:`RunSpec.teacher`), for :attr:`Profile.continuation_iterations` more steps: the
+            self-training's labeler, or the mean teacher's first teacher (no burn-in then). Empty: trained
+            from the ImageNet backbone for the step budget.
     """
 
     row: str
@@ -117,6 +121,7 @@ class Variant(NamedTuple):
     base: str = ""
     configs: tuple[str, ...] = ()
     segmentation: bool = False
+    starts_from: str = ""
 
     @property
     def unlabeled(self) -> bool:
@@ -129,9 +134,20 @@ VARIANTS: dict[str, Variant] = {
     "fpn_global": Variant("ResNet + FPN w/ global features", False, True, False),
     "lfpn": Variant("ResNet + LFPN w/o global features", True, False, False, base="fpn"),
     "malignet": Variant("ResNet + LFPN w/ global features (MaligNet)", True, True, False, base="fpn_global"),
-    "malignet_st": Variant("MaligNet + self-training", True, True, True, base="malignet"),
+    "malignet_st": Variant("MaligNet + self-training", True, True, True, base="malignet", starts_from="malignet"),
     "fpn_mt": Variant("Mask R-CNN + mean teacher", False, False, False, mean_teacher=True, base="fpn"),
     "malignet_mt": Variant("MaligNet + mean teacher", True, True, False, mean_teacher=True, base="malignet"),
+    # the teacher trained before it teaches (Result 5: a burnt-in student teaches its own errors): the trained
+    # Mask R-CNN of the same seed is the first teacher and the student, as self-training starts from MaligNet
+    "fpn_mt_warm": Variant(
+        "Mask R-CNN + mean teacher from the trained Mask R-CNN",
+        False,
+        False,
+        False,
+        mean_teacher=True,
+        base="fpn",
+        starts_from="fpn",
+    ),
     # the pixel-level networks of the related work (U-Net family, Double U-Net), read by both protocols
     "unet": Variant("U-Net (pixel-level)", False, False, False, configs=("segmentation.json",), segmentation=True),
     "unet_mt": Variant(
@@ -155,7 +171,7 @@ VARIANTS: dict[str, Variant] = {
 }
 TABLE4_VARIANTS = ("fpn", "fpn_global", "lfpn", "malignet", "malignet_st")
 # planned only when asked for (``variants``), then in every sweep beside the row without the teacher
-MEAN_TEACHER_VARIANTS = ("fpn_mt", "malignet_mt")
+MEAN_TEACHER_VARIANTS = ("fpn_mt", "malignet_mt", "fpn_mt_warm")
 # planned only when asked for (``variants``), in the Table 4 sweep: the related work's baselines
 SEGMENTATION_VARIANTS = ("unet", "unet_mt", "double_unet")
 VARIANT_COLORS = {
@@ -166,6 +182,7 @@ VARIANT_COLORS = {
     "malignet_st": "tab:purple",
     "fpn_mt": "tab:brown",
     "malignet_mt": "tab:cyan",
+    "fpn_mt_warm": "tab:red",
     "unet": "tab:gray",
     "unet_mt": "tab:olive",
     "double_unet": "tab:pink",
@@ -232,7 +249,8 @@ class Profile:
         network: overrides of ``network_def`` (backbone, pyramid width, anchors, …).
         image_size: chest-crop side in pixels.
         iterations: labeled-batch iterations per training run (rounded up to whole epochs).
-        self_training_iterations: iterations of the self-training student, started from the teacher.
+        continuation_iterations: iterations of a row that starts from another row's trained model
+            (:attr:`Variant.starts_from`: the self-training student, the warm-started mean teacher).
         batch_size: labeled (and unlabeled) images per iteration.
         warmup_iterations: linear learning-rate warm-up.
         seeds: training seeds; each also draws the labeled/unlabeled subsets of the sweeps.
@@ -257,7 +275,7 @@ class Profile:
     network: dict[str, Any]
     image_size: int
     iterations: int
-    self_training_iterations: int
+    continuation_iterations: int
     batch_size: int
     warmup_iterations: int
     seeds: tuple[int, ...]
@@ -292,7 +310,7 @@ PROFILES: dict[str, Profile] = {
         network={},
         image_size=320,
         iterations=12000,
-        self_training_iterations=6000,
+        continuation_iterations=6000,
         batch_size=16,
         warmup_iterations=500,
         seeds=(0, 1, 2),
@@ -322,7 +340,7 @@ PROFILES: dict[str, Profile] = {
         # the learning curves' plateau (docs/BENCHMARKS.md): Mask R-CNN flat from ~1000-1300 steps, MaligNet's
         # AP50 from 960; Results 1-3 were read at 200 and 600 steps, on the rising part of both curves
         iterations=1600,
-        self_training_iterations=800,
+        continuation_iterations=800,
         batch_size=4,
         warmup_iterations=25,
         seeds=(0, 1, 2),
@@ -351,7 +369,7 @@ PROFILES: dict[str, Profile] = {
         },
         image_size=96,
         iterations=2,
-        self_training_iterations=1,
+        continuation_iterations=1,
         batch_size=2,
         warmup_iterations=1,
         seeds=(0, 1),
@@ -422,6 +440,13 @@ VARIATIONS: dict[str, Variation] = {
         {"teacher_max_pseudo_lesions": 3},
         variants=MEAN_TEACHER_VARIANTS,
     ),
+    # the control of a teacher-student row: the same schedule, EMA teacher and steps without learning from
+    # pseudo-labels, so that the row's difference from it is what the pseudo-labels did
+    "mt_unsupervised_weight0": Variation(
+        "pseudo-label loss weight 0: the schedule and EMA teacher without pseudo-labels (control)",
+        {"loss_weights#loss_unsupervised": 0.0},
+        variants=MEAN_TEACHER_VARIANTS,
+    ),
 }
 
 
@@ -455,10 +480,16 @@ class RunSpec:
 
     @property
     def teacher(self) -> RunSpec | None:
-        """The MaligNet run whose model labels the unlabeled scans for a self-training run."""
-        if not VARIANTS[self.variant].self_training:
+        """The run whose trained model this one starts from (:attr:`Variant.starts_from`), else None.
+
+        Same seed and data; the same variation where it applies to that row (a mean-teacher change does not
+        apply to the Mask R-CNN it starts from).
+        """
+        start = VARIANTS[self.variant].starts_from
+        if not start:
             return None
-        return RunSpec("malignet", self.seed, self.labeled_fraction, self.unlabeled_fraction, self.variation)
+        variation = self.variation if self.variation and start in VARIATIONS[self.variation].variants else ""
+        return RunSpec(start, self.seed, self.labeled_fraction, self.unlabeled_fraction, variation)
 
 
 def plan_runs(
@@ -476,7 +507,8 @@ def plan_runs(
     compared with. Named ``variations`` (not the default ``None``) also apply to the labeled and unlabeled
     sweeps, where each change *replaces* the unchanged recipe on the rows it applies to (e.g. the mean
     teacher's Fig. 19 curve with a higher confidence threshold, next to the unchanged Mask R-CNN and
-    MaligNet curves); Table 4 keeps the unchanged recipe. A self-training run is preceded by its teacher.
+    MaligNet curves); Table 4 keeps the unchanged recipe. A run that starts from another's trained model
+    (self-training, the warm-started mean teacher) is preceded by that run.
     The :data:`MEAN_TEACHER_VARIANTS` are planned only when ``variants`` names them, and then in every sweep:
     Table 4's rows, the labeled and the unlabeled sweep's points, and the ``why`` sweep's unchanged
     references. The pixel-level :data:`SEGMENTATION_VARIANTS` are planned only when ``variants`` names them,
@@ -750,7 +782,7 @@ def with_steps(profile: Profile, steps: int) -> Profile:
     return replace(
         profile,
         iterations=steps,
-        self_training_iterations=max(1, round(profile.self_training_iterations * factor)),
+        continuation_iterations=max(1, round(profile.continuation_iterations * factor)),
         mean_teacher=teacher,
     )
 
@@ -795,7 +827,7 @@ def run_overrides(
 
     variant = VARIANTS[run.variant]
     variation = VARIATIONS[run.variation] if run.variation else Variation("")
-    iterations = profile.self_training_iterations if variant.self_training else profile.iterations
+    iterations = profile.continuation_iterations if variant.starts_from else profile.iterations
     iterations = round(iterations * variation.iterations_factor)
     epochs, epoch_length = _schedule(iterations, len(datalist["labeled"]), profile.batch_size)
     overrides: dict[str, Any] = {
@@ -833,10 +865,16 @@ def run_overrides(
     if variant.unlabeled and not datalist["unlabeled"]:
         overrides["train#trainer#unlabeled_data_loader"] = None
         overrides["train#unlabeled_dataset#data"] = []
-    if variant.self_training:
+    if variant.starts_from:
         teacher = run.teacher
         assert teacher is not None
-        overrides["pretrained_checkpoint"] = str(run_dir.parent / teacher.name / "models" / "model.pt")
+        trained = str(run_dir.parent / teacher.name / "models" / "model.pt")
+        if variant.self_training:  # the labeler's weights, which the student starts from as well
+            overrides["pretrained_checkpoint"] = trained
+        else:  # student and first teacher (a copy of the student at the first step): the trained model
+            overrides["initial_weights"] = trained
+        if variant.mean_teacher:
+            overrides["mean_teacher_burn_in"] = 0  # the teacher is trained already
     parser = ConfigParser()
     parser.read_config([str(f) for f in config_files(run, profile)])
     if variant.self_training and "pseudo_summary_file" in parser:
@@ -1010,8 +1048,8 @@ def execute_run(
             run whose result is kept there for this machine is not trained again (unless ``need_model``).
         matching: the matching rule of the evaluation's headline names (``evaluate.json``'s ``lesion_metrics``
             and key metric); Table 4's means are recorded under both rules either way.
-        need_model: the trained model is needed (a self-training student's teacher): a run kept only in
-            ``results_dir`` is trained again (training is deterministic on one machine).
+        need_model: the trained model is needed (another run starts from it, :attr:`RunSpec.teacher`): a run
+            kept only in ``results_dir`` is trained again (training is deterministic on one machine).
 
     Returns:
         The result: the run, its views, epochs and iterations, step budget, config files, speed settings,
@@ -1676,7 +1714,7 @@ def write_report(
         f"Command: `{command}`",
         "",
         f"Profile: {profile.description}. Step budget: {profile.iterations} labeled-batch iterations per training "
-        f"(self-training: {profile.self_training_iterations} more from its teacher)"
+        f"(rows that start from another's trained model: {profile.continuation_iterations} more)"
         + (f"; the results record {budgets}" if budgets and budgets != [profile.iterations] else "")
         + f". Seeds: {seeds}. Dataset: synthetic, {json.dumps(profile.dataset)} (studies; two views each).",
     ]
