@@ -39,9 +39,9 @@ MACHINE_B = "Intel(R) Xeon(R) CPU @ 2.20GHz, avx512 kernels, 2 cores, torch 2.14
 T_975_3 = 3.182446305284263
 
 
-def result(variant, seed, machine, ap50, f1=None, labeled=1.0, per_class_f1=None):
+def result(variant, seed, machine, ap50, f1=None, labeled=1.0, per_class_f1=None, unlabeled=1.0):
     """A result.json as the benchmark writes it, with the few metrics the study reads."""
-    unlabeled = 0.0 if variant in ("fpn", "fpn_global") else 1.0
+    unlabeled = 0.0 if variant in ("fpn", "fpn_global") else unlabeled
     run = RunSpec(variant, seed, labeled, unlabeled)
     metrics = {"test_ap50": ap50, "test_mean_f1": ap50 if f1 is None else f1}
     if per_class_f1 is not None:  # a result written after the matching option: both rules recorded
@@ -281,3 +281,32 @@ def test_report_rebuilt_from_kept_results_of_two_machines(tmp_path):
     boot = write_report(loaded, PROFILES["smoke"], out, "cmd", interval_method="bootstrap")
     assert "percentile bootstrap" in boot
     assert write_report(loaded, PROFILES["smoke"], out, "cmd", interval_method="bootstrap") == boot
+
+
+def test_the_data_sweeps_are_compared_point_by_point(tmp_path):
+    """Fig. 19: MaligNet against Mask R-CNN on the same share of the labels; Fig. 20: MaligNet with the
+    unlabeled scans against itself without them; each with its interval, never across machines."""
+    results = [
+        *(result("fpn", s, MACHINE_A, ap, labeled=0.25) for s, ap in ((0, 0.20), (1, 0.10), (2, 0.30))),
+        *(result("malignet", s, MACHINE_A, ap, labeled=0.25) for s, ap in ((0, 0.30), (1, 0.15), (2, 0.40))),
+        result("malignet", 3, MACHINE_B, 0.90, labeled=0.25),  # no Mask R-CNN of seed 3 on B: unpaired
+        *(result("malignet", s, MACHINE_A, ap, unlabeled=0.0) for s, ap in ((0, 0.20), (1, 0.30))),
+        *(result("malignet", s, MACHINE_A, ap) for s, ap in ((0, 0.25), (1, 0.20))),
+    ]
+    markdown = write_report(results, PROFILES["smoke"], tmp_path, "cmd")
+    evidence = markdown.split("### Evidence: paired differences")[1].splitlines()
+    malignet, fpn = "ResNet + LFPN w/ global features (MaligNet)", "ResNet + FPN (Mask R-CNN)"
+    fig19 = next(line for line in evidence if line.startswith(f"| {malignet}, 25 % of the labels vs {fpn}, 25 % "))
+    # AP50 +0.10, +0.05, +0.10: mean 0.083, sd 0.029, t(0.975, 2) = 4.303 -> half-width 0.072
+    assert fig19.endswith(
+        "| AP50 | 3 (M1 3) | 0.283 | 0.200 | +0.083 | [+0.012, +0.155] | 3 / 0 / 0 | established: higher |"
+    )
+    fig20 = next(
+        line for line in evidence if line.startswith(f"| {malignet} vs {malignet}, 0 % of the unlabeled scans |")
+    )
+    assert "| AP50 | 2 (M1 2) | 0.225 | 0.250 | -0.025 |" in fig20 and fig20.endswith("| 1 / 1 / 0 | not established |")
+    report = json.loads((tmp_path / "results.json").read_text())
+    swept = [c for c in report["comparisons"] if c["labeled_fraction"] == 0.25 and c["metric"] == "test_ap50"]
+    assert [(c["variant"], c["reference"], c["reference_labeled_fraction"], c["n"]) for c in swept] == [
+        ("malignet", "fpn", 0.25, 3)
+    ]

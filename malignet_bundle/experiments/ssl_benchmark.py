@@ -1393,9 +1393,23 @@ def _side(variant: str, labeled_fraction: float = 1.0, variation: str = "") -> S
     return Side(variant, labeled_fraction, 1.0 if VARIANTS[variant].unlabeled else 0.0, variation)
 
 
-def _row_label(variant: str, variation: str = "") -> str:
-    """The report's name of a row, with its ``why``-sweep change when it has one."""
-    return VARIANTS[variant].row + (f", {VARIATIONS[variation].description}" if variation else "")
+def _row_label(
+    variant: str, variation: str = "", labeled_fraction: float = 1.0, unlabeled_fraction: float | None = None
+) -> str:
+    """The report's name of a row, with its ``why``-sweep change and its data when not all of it.
+
+    Args:
+        variant: the row.
+        variation: its ``why``-sweep change, ``""`` for none.
+        labeled_fraction: the share of the labeled patients it trained on.
+        unlabeled_fraction: the share of the unlabeled patients, for a row that reads them; None: all.
+    """
+    label = VARIANTS[variant].row + (f", {VARIATIONS[variation].description}" if variation else "")
+    if labeled_fraction < 1.0:
+        label += f", {100 * labeled_fraction:g} % of the labels"
+    if VARIANTS[variant].unlabeled and unlabeled_fraction is not None and unlabeled_fraction < 1.0:
+        label += f", {100 * unlabeled_fraction:g} % of the unlabeled scans"
+    return label
 
 
 def _variation_comparisons(results: Sequence[Mapping[str, Any]]) -> list[tuple[str, Side, Side]]:
@@ -1415,13 +1429,36 @@ def _variation_comparisons(results: Sequence[Mapping[str, Any]]) -> list[tuple[s
     return found
 
 
+def _sweep_comparisons(results: Sequence[Mapping[str, Any]]) -> list[tuple[str, Side, Side]]:
+    """(name, row, reference) at the data sweeps' points below full data; :func:`compare` drops those unpaired.
+
+    Fig. 19: each row of the labeled sweep (:func:`_swept_rows`) against Mask R-CNN on the same share of the
+    labels (the same patients: the seed draws them). Fig. 20: each row of the unlabeled sweep with a share of
+    the unlabeled scans (100 % are its Table 4 runs) against itself with none, which is what the scans added.
+    """
+    found = []
+    labeled = sorted({r["run"]["labeled_fraction"] for r in results} - {1.0})
+    for variant, variation in _swept_rows(results, "labeled_fraction", EFFICIENCY_VARIANTS):
+        for fraction in labeled:
+            name = f"{variant} {variation} vs fpn at labeled {fraction:g}".replace("  ", " ")
+            found.append((name, _side(variant, fraction, variation), _side("fpn", fraction)))
+    readers = [v for v in ("malignet", *MEAN_TEACHER_VARIANTS) if VARIANTS[v].unlabeled]
+    shares = sorted({r["run"]["unlabeled_fraction"] for r in results if r["run"]["labeled_fraction"] == 1.0} - {0.0})
+    for variant, variation in _swept_rows(results, "unlabeled_fraction", readers):
+        for share in shares:
+            name = f"{variant} {variation} unlabeled {share:g} vs 0".replace("  ", " ")
+            found.append((name, Side(variant, 1.0, share, variation), Side(variant, 1.0, 0.0, variation)))
+    return found
+
+
 def study_comparisons(
     results: Sequence[Mapping[str, Any]], method: str = "t", confidence: float = 0.95, seed: int = 0
 ) -> list[dict[str, Any]]:
     """Every :data:`COMPARISONS` entry that has pairs, on every :data:`STUDY_METRICS` metric, full data.
 
     Then each ``why``-sweep change against its unchanged row and against that row's headline reference
-    (:func:`_variation_comparisons`). Pairs never cross machines
+    (:func:`_variation_comparisons`), and the data sweeps point by point (:func:`_sweep_comparisons`). Pairs
+    never cross machines
     (:func:`~malignet_bundle.experiments.study_statistics.paired_differences`).
 
     Args:
@@ -1433,10 +1470,12 @@ def study_comparisons(
     Returns:
         :meth:`~malignet_bundle.experiments.study_statistics.ComparisonResult.as_dict` of each comparison and
         metric, with ``metric_label``, ``variant``, ``variation``, ``reference`` and ``reference_variation``
-        added (the variations ``""`` for unchanged rows).
+        added (the variations ``""`` for unchanged rows), and both sides' data fractions (``labeled_fraction``,
+        ``unlabeled_fraction``, ``reference_labeled_fraction``, ``reference_unlabeled_fraction``).
     """
     entries = [(name, _side(variant), _side(reference)) for name, variant, reference in COMPARISONS]
     entries += _variation_comparisons(results)
+    entries += _sweep_comparisons(results)
     found = []
     for name, side, reference in entries:
         for label, names in STUDY_METRICS.items():
@@ -1450,6 +1489,10 @@ def study_comparisons(
                         "variation": side.variation,
                         "reference": reference.variant,
                         "reference_variation": reference.variation,
+                        "labeled_fraction": side.labeled_fraction,
+                        "unlabeled_fraction": side.unlabeled_fraction,
+                        "reference_labeled_fraction": reference.labeled_fraction,
+                        "reference_unlabeled_fraction": reference.unlabeled_fraction,
                     }
                 )
     return found
@@ -1538,9 +1581,15 @@ def _evidence_sections(
             machines = ", ".join(f"{labels[m]} {n}" for m, n in c["machines"].items())
             value = np.mean([p["value"] for p in c["pairs"]])
             reference = np.mean([p["reference"] for p in c["pairs"]])
+            row = _row_label(c["variant"], c["variation"], c["labeled_fraction"], c["unlabeled_fraction"])
+            against = _row_label(
+                c["reference"],
+                c["reference_variation"],
+                c["reference_labeled_fraction"],
+                c["reference_unlabeled_fraction"],
+            )
             parts.append(
-                f"| {_row_label(c['variant'], c['variation'])} vs "
-                f"{_row_label(c['reference'], c['reference_variation'])} | {c['metric_label']} "
+                f"| {row} vs {against} | {c['metric_label']} "
                 f"| {c['n']} ({machines}) | {value:.3f} | {reference:.3f} | {c['mean']:+.3f} "
                 f"| {_interval_text(c['low'], c['high'])} | {c['positive']} / {c['negative']} / {c['zero']} "
                 f"| {c['verdict']} |"
