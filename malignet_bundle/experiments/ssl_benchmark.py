@@ -1394,7 +1394,7 @@ def _side(variant: str, labeled_fraction: float = 1.0, variation: str = "") -> S
 
 
 def _row_label(
-    variant: str, variation: str = "", labeled_fraction: float = 1.0, unlabeled_fraction: float | None = None
+    variant: str, variation: str = "", labeled_fraction: float = 1.0, unlabeled_fraction: float = 1.0
 ) -> str:
     """The report's name of a row, with its ``why``-sweep change and its data when not all of it.
 
@@ -1402,12 +1402,12 @@ def _row_label(
         variant: the row.
         variation: its ``why``-sweep change, ``""`` for none.
         labeled_fraction: the share of the labeled patients it trained on.
-        unlabeled_fraction: the share of the unlabeled patients, for a row that reads them; None: all.
+        unlabeled_fraction: the share of the unlabeled patients (shown for a row that reads them).
     """
     label = VARIANTS[variant].row + (f", {VARIATIONS[variation].description}" if variation else "")
     if labeled_fraction < 1.0:
         label += f", {100 * labeled_fraction:g} % of the labels"
-    if VARIANTS[variant].unlabeled and unlabeled_fraction is not None and unlabeled_fraction < 1.0:
+    if VARIANTS[variant].unlabeled and unlabeled_fraction < 1.0:
         label += f", {100 * unlabeled_fraction:g} % of the unlabeled scans"
     return label
 
@@ -1439,14 +1439,15 @@ def _sweep_comparisons(results: Sequence[Mapping[str, Any]]) -> list[tuple[str, 
     found = []
     labeled = sorted({r["run"]["labeled_fraction"] for r in results} - {1.0})
     for variant, variation in _swept_rows(results, "labeled_fraction", EFFICIENCY_VARIANTS):
+        row = " ".join(filter(None, (variant, variation)))
         for fraction in labeled:
-            name = f"{variant} {variation} vs fpn at labeled {fraction:g}".replace("  ", " ")
+            name = f"{row} vs fpn at labeled {fraction:g}"
             found.append((name, _side(variant, fraction, variation), _side("fpn", fraction)))
-    readers = [v for v in ("malignet", *MEAN_TEACHER_VARIANTS) if VARIANTS[v].unlabeled]
     shares = sorted({r["run"]["unlabeled_fraction"] for r in results if r["run"]["labeled_fraction"] == 1.0} - {0.0})
-    for variant, variation in _swept_rows(results, "unlabeled_fraction", readers):
+    for variant, variation in _swept_rows(results, "unlabeled_fraction", ("malignet", *MEAN_TEACHER_VARIANTS)):
+        row = " ".join(filter(None, (variant, variation)))
         for share in shares:
-            name = f"{variant} {variation} unlabeled {share:g} vs 0".replace("  ", " ")
+            name = f"{row} unlabeled {share:g} vs 0"
             found.append((name, Side(variant, 1.0, share, variation), Side(variant, 1.0, 0.0, variation)))
     return found
 
