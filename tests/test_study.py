@@ -285,13 +285,15 @@ def test_report_rebuilt_from_kept_results_of_two_machines(tmp_path):
 
 def test_the_data_sweeps_are_compared_point_by_point(tmp_path):
     """Fig. 19: MaligNet against Mask R-CNN on the same share of the labels; Fig. 20: MaligNet with the
-    unlabeled scans against itself without them; each with its interval, never across machines."""
+    unlabeled scans against itself without them and against Mask R-CNN; each with its interval, never across
+    machines."""
     results = [
         *(result("fpn", s, MACHINE_A, ap, labeled=0.25) for s, ap in ((0, 0.20), (1, 0.10), (2, 0.30))),
         *(result("malignet", s, MACHINE_A, ap, labeled=0.25) for s, ap in ((0, 0.30), (1, 0.15), (2, 0.40))),
         result("malignet", 3, MACHINE_B, 0.90, labeled=0.25),  # no Mask R-CNN of seed 3 on B: unpaired
         *(result("malignet", s, MACHINE_A, ap, unlabeled=0.0) for s, ap in ((0, 0.20), (1, 0.30))),
         *(result("malignet", s, MACHINE_A, ap) for s, ap in ((0, 0.25), (1, 0.20))),
+        *(result("fpn", s, MACHINE_A, ap) for s, ap in ((0, 0.25), (1, 0.10))),
     ]
     markdown = write_report(results, PROFILES["smoke"], tmp_path, "cmd")
     evidence = markdown.split("### Evidence: paired differences")[1].splitlines()
@@ -305,6 +307,11 @@ def test_the_data_sweeps_are_compared_point_by_point(tmp_path):
         line for line in evidence if line.startswith(f"| {malignet} vs {malignet}, 0 % of the unlabeled scans |")
     )
     assert "| AP50 | 2 (M1 2) | 0.225 | 0.250 | -0.025 |" in fig20 and fig20.endswith("| 1 / 1 / 0 | not established |")
+    # Fig. 20's flat line: MaligNet without unlabeled scans against Mask R-CNN, AP50 -0.05 and +0.20
+    flat = next(
+        line for line in evidence if line.startswith(f"| {malignet}, 0 % of the unlabeled scans vs {fpn} | AP50 |")
+    )
+    assert "| 2 (M1 2) | 0.250 | 0.175 | +0.075 |" in flat and flat.endswith("| 1 / 1 / 0 | not established |")
     report = json.loads((tmp_path / "results.json").read_text())
     swept = [c for c in report["comparisons"] if c["labeled_fraction"] == 0.25 and c["metric"] == "test_ap50"]
     assert [(c["variant"], c["reference"], c["reference_labeled_fraction"], c["n"]) for c in swept] == [

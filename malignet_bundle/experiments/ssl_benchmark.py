@@ -1434,7 +1434,8 @@ def _sweep_comparisons(results: Sequence[Mapping[str, Any]]) -> list[tuple[str, 
 
     Fig. 19: each row of the labeled sweep (:func:`_swept_rows`) against Mask R-CNN on the same share of the
     labels (the same patients: the seed draws them). Fig. 20: each row of the unlabeled sweep with a share of
-    the unlabeled scans (100 % are its Table 4 runs) against itself with none, which is what the scans added.
+    the unlabeled scans (100 % are its Table 4 runs) against itself with none, which is what the scans added;
+    and each share below 100 % against Mask R-CNN, the thesis's flat line (100 % is Table 4's comparison).
     """
     found = []
     labeled = sorted({r["run"]["labeled_fraction"] for r in results} - {1.0})
@@ -1449,6 +1450,9 @@ def _sweep_comparisons(results: Sequence[Mapping[str, Any]]) -> list[tuple[str, 
         for share in shares:
             name = f"{row} unlabeled {share:g} vs 0"
             found.append((name, Side(variant, 1.0, share, variation), Side(variant, 1.0, 0.0, variation)))
+        for share in (s for s in (0.0, *shares) if s < 1.0):
+            name = f"{row} unlabeled {share:g} vs fpn"
+            found.append((name, Side(variant, 1.0, share, variation), _side("fpn")))
     return found
 
 
