@@ -1435,7 +1435,8 @@ def _sweep_comparisons(results: Sequence[Mapping[str, Any]]) -> list[tuple[str, 
     Fig. 19: each row of the labeled sweep (:func:`_swept_rows`) against Mask R-CNN on the same share of the
     labels (the same patients: the seed draws them). Fig. 20: each row of the unlabeled sweep with a share of
     the unlabeled scans (100 % are its Table 4 runs) against itself with none, which is what the scans added;
-    and each share below 100 % against Mask R-CNN, the thesis's flat line (100 % is Table 4's comparison).
+    and each share below 100 % against Mask R-CNN, the thesis's flat line (at 100 % the row's Table 4
+    comparisons stand: MaligNet's is against Mask R-CNN, a teacher–student row's against its base).
     """
     found = []
     labeled = sorted({r["run"]["labeled_fraction"] for r in results} - {1.0})
